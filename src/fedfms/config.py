@@ -1,0 +1,169 @@
+"""Typed configuration of fedfms: one object per concern, loaded from one YAML file.
+
+A run is described by a :class:`RunConfig`:
+
+.. code-block:: yaml
+
+    name: prostate_fedmsa
+    output_dir: runs/prostate_fedmsa
+    model:   {backbone: vit_b, mode: msa, num_classes: 1, checkpoint: weights/sam_vit_b_01ec64.pth}
+    data:    {root: data/prostate, unseen: UCL}
+    train:   {batch_size: 6, lr: 1.0e-4}
+    federation: {rounds: 100, strategy: fedavg}
+
+Every field has the paper's value as default; unknown keys are refused so that a typo in a
+config is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h"]
+FineTuneMode = Literal["sam", "msa", "lora"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+MetricProtocol = Literal["standard", "paper"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Which segmenter to build and which of its parameters train (and travel).
+
+    ``checkpoint`` is a local file or folder with pretrained weights (Meta's ``sam_vit_*.pth``,
+    a MedSAM checkpoint, a transformers folder, or a fedfms checkpoint); ``None`` builds the
+    randomly initialised ``-PT`` variant.
+    """
+
+    backbone: Backbone = "vit_b"
+    mode: FineTuneMode = "msa"
+    num_classes: int = Field(1, ge=1)
+    image_size: int = Field(1024, ge=32)
+    checkpoint: Path | None = None
+    adapter_ratio: float = Field(0.25, gt=0, le=1)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the logits the model returns (SAM's decoder upsamples 4x the 1/16 grid)."""
+        return self.image_size // 4
+
+
+class DataConfig(_Strict):
+    """Where the prepared client folders are and how they are split.
+
+    ``root`` holds one prepared folder per client (see :mod:`fedfms.data`); ``clients`` picks
+    and orders them (default: every client folder under ``root``, sorted). ``unseen`` is the
+    leave-one-client-out test site: it never trains, its whole data is test.
+    """
+
+    root: Path
+    clients: list[str] | None = None
+    unseen: str | None = None
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    split_seed: int = 0
+
+
+class TrainConfig(_Strict):
+    """Local training on one client (or on the pooled data, for centralized runs)."""
+
+    batch_size: int = Field(6, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    local_epochs: int = Field(1, ge=1)
+    pos_weight: float = Field(2.0, gt=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class FederationConfig(_Strict):
+    """Server side: rounds, aggregation and the tolerance for failing clients."""
+
+    rounds: int = Field(100, ge=1)
+    strategy: StrategyName = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0)
+    server_lr: float = Field(1e-2, gt=0)
+    evaluate_every: int = Field(1, ge=1)
+    min_train_clients: int | None = Field(None, ge=1)
+    round_timeout_s: float | None = Field(None, gt=0)
+
+
+class EvaluationConfig(_Strict):
+    """How predictions are scored; ``paper`` reproduces the reference code's protocol."""
+
+    protocol: MetricProtocol = "standard"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class RunConfig(_Strict):
+    """Everything one training run (federated or centralized) needs."""
+
+    name: str = "fedfms"
+    output_dir: Path = Path("runs/fedfms")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    federation: FederationConfig = FederationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _unseen_is_a_client(self) -> RunConfig:
+        clients = self.data.clients
+        if clients is not None and self.data.unseen is not None and self.data.unseen not in clients:
+            raise ValueError(f"data.unseen {self.data.unseen!r} is not one of data.clients {clients}")
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with dotted-key overrides applied, e.g. ``{"federation.rounds": 2}``."""
+        tree = self.model_dump(mode="json")
+        for dotted, value in overrides.items():
+            node = tree
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+                node = node[key]
+            node[leaf] = value
+        return _validate(tree, source="overrides")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed; the message names the file and the key."""
+
+
+def _validate(tree: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML run configuration; relative paths in it stay relative to the working dir."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read configuration: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return _validate(tree, source=str(path))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML (the form :func:`load_config` reads back)."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
