@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+Architecture = Literal["sam", "unet", "nnunet"]
 Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h"]
 FineTuneMode = Literal["sam", "msa", "lora"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
@@ -36,11 +37,14 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which segmenter to build and which of its parameters train (and travel).
 
+    ``arch`` picks the family: ``sam`` (SAM / MSA / LoRA, by ``backbone`` and ``mode``) or
+    one of the baselines ``unet`` and ``nnunet`` (``backbone`` and ``mode`` do not apply).
     ``checkpoint`` is a local file or folder with pretrained weights (Meta's ``sam_vit_*.pth``,
     a MedSAM checkpoint, a transformers folder, or a fedfms checkpoint); ``None`` builds the
     randomly initialised ``-PT`` variant.
     """
 
+    arch: Architecture = "sam"
     backbone: Backbone = "vit_b"
     mode: FineTuneMode = "msa"
     num_classes: int = Field(1, ge=1)
@@ -52,8 +56,9 @@ class ModelConfig(_Strict):
 
     @property
     def mask_size(self) -> int:
-        """Side of the logits the model returns (SAM's decoder upsamples 4x the 1/16 grid)."""
-        return self.image_size // 4
+        """Side of the logits the model returns: SAM's decoder gives 1/4 of the input side
+        (1024 -> 256); the convolutional baselines predict at full resolution."""
+        return self.image_size // 4 if self.arch == "sam" else self.image_size
 
 
 class DataConfig(_Strict):

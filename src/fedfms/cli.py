@@ -1,0 +1,18 @@
+"""The ``fedfms`` command line. Each command lives beside the code it drives; this module only
+wires them together, importing heavy modules (torch, Flower) when a command runs."""
+
+from __future__ import annotations
+
+import typer
+
+from fedfms.data.cli import prepare_app
+from fedfms.models.cli import models_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.command("models")(models_command)
+app.add_typer(prepare_app, name="prepare")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
