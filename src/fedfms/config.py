@@ -65,11 +65,13 @@ class DataConfig(_Strict):
     """Where the prepared client folders are and how they are split.
 
     ``root`` holds one prepared folder per client (see :mod:`fedfms.data`); ``clients`` picks
-    and orders them (default: every client folder under ``root``, sorted). ``unseen`` is the
-    leave-one-client-out test site: it never trains, its whole data is test.
+    and orders them (default: every client folder under ``root``, sorted). In a deployment the
+    server has no data: ``root`` stays unset, each hospital's SuperNode is given its own folder
+    (node config ``data-dir``) and ``clients`` lists the site names the server waits for.
+    ``unseen`` is the leave-one-client-out test site: it never trains, its whole data is test.
     """
 
-    root: Path
+    root: Path | None = None
     clients: list[str] | None = None
     unseen: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
@@ -101,6 +103,15 @@ class FederationConfig(_Strict):
     evaluate_every: int = Field(1, ge=1)
     min_train_clients: int | None = Field(None, ge=1)
     round_timeout_s: float | None = Field(None, gt=0)
+    connect_timeout_s: float = Field(600.0, gt=0)
+
+
+class SimulationConfig(_Strict):
+    """Resources of Flower's simulation runtime (one machine): CPUs/GPUs given to each virtual
+    client; with all cores per client the clients of a round train one after another."""
+
+    cpus_per_client: float | None = Field(None, gt=0)
+    gpus_per_client: float = Field(0.0, ge=0)
 
 
 class EvaluationConfig(_Strict):
@@ -121,6 +132,7 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     federation: FederationConfig = FederationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    simulation: SimulationConfig = SimulationConfig()
 
     @model_validator(mode="after")
     def _unseen_is_a_client(self) -> RunConfig:

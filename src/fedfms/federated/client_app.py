@@ -1,0 +1,90 @@
+"""The ClientApp: what runs at each hospital. It answers three kinds of messages (see
+:mod:`fedfms.federated.protocol`): who am I (query), one local epoch (train) and scores of the
+global model on my data (evaluate). Images and masks never leave this process."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedfms.config import RunConfig
+from fedfms.federated import protocol as P
+from fedfms.federated.site import describe, frozen_digest, load_site, node_model_config, site_directory, site_model
+from fedfms.federated.wire import from_record, to_record
+from fedfms.models import load_trainable_state, trainable_state
+from fedfms.train.device import resolve_device
+from fedfms.train.local import evaluate as evaluate_model
+from fedfms.train.local import make_loader, train_epoch
+
+logger = logging.getLogger("fedfms")
+app = ClientApp()
+
+
+def _run_config(msg: Message) -> RunConfig:
+    return RunConfig.model_validate_json(str(msg.content[P.CONFIG][P.RUN_CONFIG]))
+
+
+def _prepare(msg: Message, context: Context):
+    config = _run_config(msg)
+    site = load_site(site_directory(context, config.data), config)
+    model_cfg = node_model_config(context, config.model)
+    model = site_model(model_cfg, config.train.seed)
+    return config, site, model_cfg, model
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Describe this node's data (counts, classes) and the digest of its frozen weights."""
+    _, site, _, model = _prepare(msg, context)
+    info = ConfigRecord({**describe(site), P.FROZEN_DIGEST: frozen_digest(model)})
+    return Message(RecordDict({P.INFO: info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global trainable tensors, train one local epoch, send the tensors back."""
+    config, site, model_cfg, model = _prepare(msg, context)
+    load_trainable_state(model, from_record(msg.content[P.ARRAYS]))
+    round_ = int(msg.content[P.CONFIG]["server-round"])
+    loader = make_loader(site.dataset("train", model_cfg), config.train.batch_size, shuffle=True,
+                         seed=config.train.seed + round_, num_workers=config.train.num_workers)
+    device = resolve_device(config.train.device)
+    mu = float(msg.content[P.CONFIG].get("proximal-mu", 0.0))
+    result = None
+    for epoch in range(config.train.local_epochs):
+        result = train_epoch(model, loader, config.train, model_cfg.num_classes, device, proximal_mu=mu,
+                             desc=f"{site.name} round {round_} epoch {epoch + 1}")
+    logger.info("%s round %d: loss %.4f, %d samples in %.1f s", site.name, round_, result.loss,
+                result.samples, result.seconds)
+    metrics = MetricRecord({P.NUM_EXAMPLES: len(site.train), "train-loss": result.loss,
+                            "train-seconds": result.seconds, "train-steps": result.steps})
+    return Message(RecordDict({P.ARRAYS: to_record(trainable_state(model.cpu())), P.METRICS: metrics}),
+                   reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the global model: all data if this is the unseen client, else the validation split."""
+    config, site, model_cfg, model = _prepare(msg, context)
+    load_trainable_state(model, from_record(msg.content[P.ARRAYS]))
+    split = "test" if site.name == str(msg.content[P.CONFIG][P.UNSEEN]) else "val"
+    dataset = site.dataset("all" if split == "test" else "val", model_cfg)
+    loader = make_loader(dataset, config.evaluation.batch_size, shuffle=False, seed=0,
+                         num_workers=config.train.num_workers)
+    scores = evaluate_model(model, loader, site.manifest.class_names, config.evaluation,
+                            resolve_device(config.train.device), config.train.precision)
+    metrics = MetricRecord({
+        P.NUM_EXAMPLES: scores["images"],
+        "dice": _finite(scores["dice"]), "iou": _finite(scores["iou"]),
+        "dice-per-class": [_finite(v) for v in scores["dice_per_class"]],
+        "iou-per-class": [_finite(v) for v in scores["iou_per_class"]],
+    })
+    return Message(RecordDict({P.METRICS: metrics, P.INFO: ConfigRecord({"split": split})}), reply_to=msg)
+
+
+def _finite(value: float) -> float:
+    """Scores of an empty split are NaN; they travel as -1 and are read back as missing."""
+    return -1.0 if math.isnan(value) else value

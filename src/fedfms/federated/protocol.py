@@ -1,0 +1,23 @@
+"""The keys of the messages exchanged by the ServerApp and the ClientApps.
+
+Every message carries the run configuration as JSON (``run-config``), so a hospital's node needs
+no copy of the YAML: only its data folder (and, for pretrained runs, the SAM weights file).
+
+- QUERY  server -> node: ``config`` {run-config}; reply ``info`` ConfigRecord (see
+  :func:`fedfms.federated.site.describe`) plus ``frozen-digest``.
+- TRAIN  server -> node: ``arrays`` (global trainable tensors), ``config`` {run-config,
+  server-round, [proximal-mu]}; reply ``arrays`` (local trainable tensors), ``metrics``
+  {num-examples (training samples: the FedAvg weight), train-loss, train-seconds, train-steps}.
+- EVALUATE server -> node: ``arrays``, ``config`` {run-config, server-round, unseen}; the
+  unseen client scores all its data, the others their validation split; reply ``metrics``
+  {num-examples, dice, iou, dice-per-class, iou-per-class, split}.
+"""
+
+RUN_CONFIG = "run-config"
+UNSEEN = "unseen"
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+INFO = "info"
+FROZEN_DIGEST = "frozen-digest"
+NUM_EXAMPLES = "num-examples"

@@ -1,0 +1,221 @@
+"""The server side of a federated run, on a Flower ``Grid``: meet the nodes, then per round
+train on the training clients through the chosen Flower strategy, screen and aggregate their
+updates, evaluate the global model on every client, checkpoint; finally score the best round.
+
+Faults: a node whose reply is an error, is missing at the round's timeout, or carries an update
+with NaN/Inf or the wrong tensors is named in the log and left out of that round; the round
+goes on if at least ``federation.min_train_clients`` (default: all) valid updates came back,
+otherwise the run stops with the last complete round on disk, ready for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedfms.config import RunConfig
+from fedfms.federated import protocol as P
+from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
+from fedfms.federated.wire import UpdateRejected, check_update, from_record, record_shapes, to_record
+from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
+from fedfms.run.tracker import RunTracker
+
+logger = logging.getLogger("fedfms")
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (nodes missing, inconsistent, too few answers)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """A connected SuperNode and the client (hospital) it serves."""
+
+    node_id: int
+    client: str
+    num_train: int
+    num_val: int
+    num_samples: int
+    class_names: list[str]
+
+    def label(self) -> str:
+        return f"client {self.client!r} (node {self.node_id})"
+
+
+def _config_record(config: RunConfig, **extra: Any) -> ConfigRecord:
+    return ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), **extra})
+
+
+def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise FederationError(f"only {len(nodes)} of {expected} nodes connected within {timeout:.0f} s")
+        time.sleep(1)
+    return nodes
+
+
+def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
+    """Ask every node who it is; check names, classes and frozen weights agree."""
+    node_ids = _wait_for_nodes(grid, expected, config.federation.connect_timeout_s)
+    messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n,
+                        message_type=MessageType.QUERY) for n in node_ids]
+    nodes, digests, errors = [], {}, []
+    for reply in grid.send_and_receive(messages, timeout=config.federation.connect_timeout_s):
+        src = reply.metadata.src_node_id
+        if reply.has_error():
+            errors.append(f"node {src}: {reply.error.reason}")
+            continue
+        info = reply.content[P.INFO]
+        nodes.append(Node(src, str(info["client"]), int(info["num-train"]), int(info["num-val"]),
+                          int(info["num-samples"]), json.loads(str(info["class-names"]))))
+        digests[str(info["client"])] = str(info[P.FROZEN_DIGEST])
+    if errors:
+        raise FederationError("nodes failed to start: " + "; ".join(errors))
+    names = [n.client for n in nodes]
+    if len(set(names)) != len(names):
+        raise FederationError(f"two nodes serve the same client: {sorted(names)}")
+    wanted = config.data.clients
+    if wanted is not None and sorted(wanted) != sorted(names):
+        raise FederationError(f"connected clients {sorted(names)} differ from data.clients {sorted(wanted)}")
+    if config.data.unseen is not None and config.data.unseen not in names:
+        raise FederationError(f"unseen client {config.data.unseen!r} is not connected (clients: {sorted(names)})")
+    if len({tuple(n.class_names) for n in nodes}) > 1:
+        raise FederationError("clients disagree on classes: " + ", ".join(f"{n.client}={n.class_names}" for n in nodes))
+    if len(set(digests.values())) > 1:
+        raise FederationError("clients hold different frozen weights (same pretrained checkpoint and seed "
+                              f"needed): {digests}")
+    return sorted(nodes, key=lambda n: n.client)
+
+
+def _screen(replies: list[Message], by_id: dict[int, Node], shapes: dict[str, tuple[int, ...]]) -> tuple[list[Message], list[str]]:
+    """Keep the replies that can be aggregated; describe the others."""
+    valid, failed = [], []
+    for reply in replies:
+        node = by_id[reply.metadata.src_node_id]
+        if reply.has_error():
+            failed.append(f"{node.client}: {reply.error.reason}")
+            logger.warning("%s failed: %s", node.label(), reply.error.reason)
+            continue
+        try:
+            check_update(reply.content[P.ARRAYS], shapes)
+        except UpdateRejected as err:
+            failed.append(f"{node.client}: update rejected: {err}")
+            logger.warning("%s: update rejected: %s", node.label(), err)
+            continue
+        valid.append(reply)
+    return valid, failed
+
+
+def _evaluate(grid: Grid, nodes: list[Node], arrays: ArrayRecord, config: RunConfig, round_: int,
+              timeout: float | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Scores of ``arrays`` on every client: validation split, or all data of the unseen client."""
+    by_id = {n.node_id: n for n in nodes}
+    cfg = _config_record(config, **{"server-round": round_, P.UNSEEN: config.data.unseen or ""})
+    messages = [Message(RecordDict({P.ARRAYS: arrays, P.CONFIG: cfg}), dst_node_id=n.node_id,
+                        message_type=MessageType.EVALUATE) for n in nodes]
+    rows, failed = [], []
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    for reply in replies:
+        node = by_id[reply.metadata.src_node_id]
+        if reply.has_error():
+            failed.append(f"{node.client} (evaluate): {reply.error.reason}")
+            logger.warning("%s failed to evaluate: %s", node.label(), reply.error.reason)
+            continue
+        m = reply.content[P.METRICS]
+        rows.append({
+            "kind": "eval", "round": round_, "client": node.client,
+            "role": "unseen" if node.client == config.data.unseen else "train",
+            "split": str(reply.content[P.INFO]["split"]), "images": int(m[P.NUM_EXAMPLES]),
+            **{key: _missing(m[wire]) for key, wire in (("dice", "dice"), ("iou", "iou"),
+                                                        ("dice_per_class", "dice-per-class"),
+                                                        ("iou_per_class", "iou-per-class"))},
+        })
+    _name_missing(nodes, {r.metadata.src_node_id for r in replies}, failed, "evaluate")
+    return sorted(rows, key=lambda r: r["client"]), failed
+
+
+def _missing(value: Any) -> Any:
+    """Undo the client's -1 for 'no images' (NaN does not travel in a MetricRecord)."""
+    if isinstance(value, list):
+        return [_missing(v) for v in value]
+    return float("nan") if value == -1.0 else float(value)
+
+
+def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what: str) -> None:
+    for node in nodes:
+        if node.node_id not in answered:
+            failed.append(f"{node.client} ({what}): no reply before the timeout")
+            logger.warning("%s: no %s reply before the timeout", node.label(), what)
+
+
+def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the federated training described by ``config``; returns ``results.json``."""
+    tracker = RunTracker(config, run_dir, kind="federated", resume=resume)
+    nodes = meet_nodes(grid, config, expected_nodes)
+    trainers = [n for n in nodes if n.client != config.data.unseen]
+    if not trainers:
+        raise FederationError("no training client: every connected client is the unseen one")
+    by_id = {n.node_id: n for n in nodes}
+    logger.info("clients: %s", ", ".join(f"{n.client} ({'unseen' if n not in trainers else f'{n.num_train} train / {n.num_val} val'})"
+                                          for n in nodes))
+    write_nodes(run_dir, nodes, config)
+
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model)
+    min_train = config.federation.min_train_clients or len(trainers)
+    strategy = make_strategy(config.federation, min_train_nodes=min(min_train, len(trainers)))
+    if tracker.resumed is not None:
+        global_state, saved_strategy = tracker.resumed
+        restore_strategy_tensors(strategy, saved_strategy)
+    else:
+        global_state = trainable_state(model)
+    arrays = to_record(global_state)
+    shapes = record_shapes(arrays)
+    timeout = config.federation.round_timeout_s
+    for round_ in range(tracker.first_round, config.federation.rounds + 1):
+        start = time.perf_counter()
+        messages = strategy.configure_train(round_, arrays, _config_record(config), NodeSubset(grid, [n.node_id for n in trainers]))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        valid, failed = _screen(replies, by_id, shapes)
+        _name_missing(trainers, {r.metadata.src_node_id for r in replies}, failed, "train")
+        if len(valid) < min_train:
+            raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
+                                  f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
+        arrays, _ = strategy.aggregate_train(round_, valid)
+        sent = arrays.count_bytes()
+        rows = [{"kind": "train", "round": round_, "client": by_id[r.metadata.src_node_id].client,
+                 "loss": float(r.content[P.METRICS]["train-loss"]), "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
+                 "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": sent,
+                 "bytes_received": r.content[P.ARRAYS].count_bytes()} for r in valid]
+        if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
+            eval_rows, eval_failed = _evaluate(grid, nodes, arrays, config, round_, timeout)
+            rows += eval_rows
+            failed += eval_failed
+        tracker.end_round(round_, from_record(arrays), strategy_tensors(strategy), rows,
+                          time.perf_counter() - start, failed)
+
+    best = tracker.best_trainable()
+    final_rows, _ = _evaluate(grid, nodes, to_record(best), config, tracker.best_round or 0, timeout)
+    load_trainable_state(model, best)
+    save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round)})
+    return tracker.finish(final_rows, {
+        "trainable_parameters": sum(v.numel() for v in best.values()),
+        "bytes_per_client_per_round": {"sent": arrays.count_bytes(), "received": arrays.count_bytes()},
+        "clients_info": {n.client: {"train": n.num_train, "val": n.num_val, "samples": n.num_samples} for n in nodes},
+    })
+
+
+def write_nodes(run_dir: Path, nodes: list[Node], config: RunConfig) -> None:
+    """Who took part: client, role and sample counts (saved with the run)."""
+    payload = [{"client": n.client, "role": "unseen" if n.client == config.data.unseen else "train",
+                "train": n.num_train, "val": n.num_val, "samples": n.num_samples} for n in nodes]
+    (run_dir / "clients.json").write_text(json.dumps(payload, indent=2))

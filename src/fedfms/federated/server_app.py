@@ -1,0 +1,44 @@
+"""The ServerApp: what runs beside the SuperLink. Flower calls ``main`` with the Grid through
+which it reaches the hospitals' SuperNodes.
+
+Run configuration (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-config``):
+
+- ``config``: path of the run's YAML (see :mod:`fedfms.config`) on the server machine;
+- ``run-dir``: where logs and checkpoints go (default: the YAML's ``output_dir``);
+- ``resume``: continue the run in ``run-dir`` from its last complete round.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedfms.config import RunConfig, load_config
+from fedfms.federated.server import FederationError, run_federation
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of ``flwr run``: read the YAML named by the run config and run it."""
+    config = load_config(str(context.run_config["config"]))
+    run_dir = Path(str(context.run_config.get("run-dir") or config.output_dir))
+    if config.data.clients is None:
+        raise FederationError("a deployment needs data.clients: the names of the sites the server waits for")
+    run_federation(grid, config, run_dir, expected_nodes=len(config.data.clients),
+                   resume=bool(context.run_config.get("resume", False)))
+
+
+def server_app_for(config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool, results: list) -> ServerApp:
+    """A ServerApp bound to an in-memory configuration (used by ``fedfms train``); the run's
+    ``results.json`` content is appended to ``results``."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _main(grid: Grid, context: Context) -> None:
+        results.append(run_federation(grid, config, run_dir, expected_nodes, resume))
+
+    return bound

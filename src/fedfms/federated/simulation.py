@@ -1,0 +1,44 @@
+"""A federated run on one machine with Flower's simulation runtime (Ray): one virtual SuperNode
+per client folder, the same ClientApp and server loop as a real deployment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from flwr.simulation import run_simulation
+
+from fedfms.config import RunConfig
+from fedfms.federated.client_app import app as client_app
+from fedfms.federated.server_app import server_app_for
+from fedfms.federated.site import ordered_clients
+
+logger = logging.getLogger("fedfms")
+
+
+def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Run ``config`` in the simulation runtime; returns the run's results (also in results.json).
+
+    Node *i* serves the *i*-th client of ``data.clients`` (default: all folders under
+    ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
+    all, so clients train one after another and each uses every core).
+    """
+    clients = [p.name for p in ordered_clients(config.data)]
+    config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
+    cores = os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": config.simulation.cpus_per_client or cores,
+                             "num_gpus": config.simulation.gpus_per_client},
+        "init_args": {"num_cpus": cores, "include_dashboard": False},
+    }
+    results: list[dict[str, Any]] = []
+    server_app = server_app_for(config, config.output_dir, len(clients), resume, results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(clients),
+                       backend_config=backend)
+    if not results:
+        raise RuntimeError(f"the simulation of {config.name} ended without results; see the log above")
+    return results[0]

@@ -1,0 +1,126 @@
+"""What a hospital's node holds: its prepared data folder, its train/validation split and the
+model it trains. Runs only where the data is (inside the ClientApp).
+
+Which folder: a SuperNode of a real deployment is started with ``--node-config
+"data-dir='/path/to/prepared/site'"``; in the simulation runtime node ``partition-id`` *i*
+takes the *i*-th client of the run's data configuration. A node may also name its own copy of
+the pretrained weights with ``sam-checkpoint='/path/sam_vit_b_01ec64.pth'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import Context
+from torch import nn
+
+from fedfms.config import DataConfig, ModelConfig, RunConfig
+from fedfms.data import ClientDataset, ClientManifest, find_clients, read_manifest, train_val_split
+from fedfms.models import build_model
+
+
+class SiteError(RuntimeError):
+    """The node cannot serve the run (no data folder, wrong classes...); names node and folder."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One client's data as seen by its node: folder, manifest and split (sample indices)."""
+
+    directory: Path
+    manifest: ClientManifest
+    train: list[int]
+    val: list[int]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.client
+
+    def dataset(self, part: str, model: ModelConfig) -> ClientDataset:
+        """``part`` is ``train``, ``val`` or ``all``; samples sized for ``model``."""
+        indices = {"train": self.train, "val": self.val, "all": None}[part]
+        return ClientDataset(self.directory, indices, image_size=model.image_size, mask_size=model.mask_size)
+
+
+def ordered_clients(data: DataConfig) -> list[Path]:
+    """Client folders of a one-machine run, in the order of ``data.clients`` (default: sorted)."""
+    if data.root is None:
+        raise SiteError("data.root is not set: a simulation needs the folder of prepared clients")
+    found = {p.name: p for p in find_clients(data.root)}
+    names = data.clients if data.clients is not None else sorted(found)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SiteError(f"{data.root}: no prepared client folder for {missing} (found {sorted(found)})")
+    return [found[n] for n in names]
+
+
+def site_directory(context: Context, data: DataConfig) -> Path:
+    """The data folder of this node: node config ``data-dir``, else the simulation partition."""
+    if "data-dir" in context.node_config:
+        return Path(str(context.node_config["data-dir"]))
+    if "partition-id" not in context.node_config:
+        raise SiteError(f"node {context.node_id}: no 'data-dir' in its node config; start the SuperNode "
+                        "with --node-config \"data-dir='/path/to/prepared/site'\"")
+    clients = ordered_clients(data)
+    index = int(context.node_config["partition-id"])
+    if index >= len(clients):
+        raise SiteError(f"node {context.node_id}: partition {index} but only {len(clients)} clients in {data.root}")
+    return clients[index]
+
+
+def load_site(directory: Path, config: RunConfig) -> Site:
+    """Read the manifest and split it 9:1 by case (deterministic by ``data.split_seed``)."""
+    manifest = read_manifest(directory)
+    if manifest.num_classes != config.model.num_classes:
+        raise SiteError(f"{directory}: client {manifest.client!r} has {manifest.num_classes} classes "
+                        f"{manifest.class_names}, the model has {config.model.num_classes}")
+    train, val = train_val_split(manifest, config.data.val_fraction, config.data.split_seed)
+    return Site(directory, manifest, train, val)
+
+
+def node_model_config(context: Context, model: ModelConfig) -> ModelConfig:
+    """The run's model settings with this node's own path to the pretrained weights, if given."""
+    if "sam-checkpoint" in context.node_config:
+        return model.model_copy(update={"checkpoint": Path(str(context.node_config["sam-checkpoint"]))})
+    return model
+
+
+@lru_cache(maxsize=2)
+def _cached_model(model_json: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig.model_validate_json(model_json))
+
+
+def site_model(model: ModelConfig, seed: int) -> nn.Module:
+    """The node's model, built once per process (the pretrained load is the slow part) and
+    seeded, so that randomly initialised frozen weights (``-PT`` runs) agree across nodes."""
+    return _cached_model(model.model_dump_json(), seed)
+
+
+def frozen_digest(model: nn.Module) -> str:
+    """SHA-256 of every tensor that does not train: all nodes must hold the same frozen weights,
+    since only the trainable ones travel."""
+    digest = hashlib.sha256()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in trainable:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def describe(site: Site) -> dict[str, str | int]:
+    """The facts a node tells the server about itself (no image or mask data)."""
+    return {
+        "client": site.name,
+        "num-samples": len(site.manifest.samples),
+        "num-train": len(site.train),
+        "num-val": len(site.val),
+        "class-names": json.dumps(site.manifest.class_names),
+    }

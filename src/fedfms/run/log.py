@@ -1,0 +1,98 @@
+"""The metrics log of a run: one JSON line per event in ``metrics.jsonl``, a CSV of the scores
+beside it, and one readable console line per round.
+
+Rows (``kind``):
+
+- ``train``: a client's local epoch — ``round, client, loss, samples, seconds, bytes_sent,
+  bytes_received`` (bytes of parameters sent to / received from that client in the round);
+- ``eval``: scores of the global model on one client — ``round, client, role`` (``train`` or
+  ``unseen``), ``split`` (``val`` or ``test``), ``dice, iou, dice_per_class, iou_per_class, images``;
+- ``round``: ``round, seconds, mean_val_dice, unseen_dice, failed`` (clients that failed and why).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("fedfms")
+
+METRICS = "metrics.jsonl"
+SCORES_CSV = "scores.csv"
+CSV_FIELDS = ("round", "client", "role", "split", "dice", "iou", "images")
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every row of ``run_dir/metrics.jsonl`` (empty if the run has not logged yet)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Append-only metrics of one run; ``truncate_after`` drops rows of rounds not checkpointed."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def truncate_after(self, last_round: int) -> None:
+        """Keep only rows of rounds <= ``last_round`` (used when resuming)."""
+        rows = [r for r in read_rows(self.run_dir) if r.get("round", 0) <= last_round]
+        tmp = self.run_dir / f".{METRICS}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.run_dir / METRICS)
+        self._write_csv(rows)
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows to the JSON lines log and refresh the scores CSV."""
+        with (self.run_dir / METRICS).open("a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        self._write_csv(read_rows(self.run_dir))
+
+    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.run_dir / f".{SCORES_CSV}.tmp"
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["kind"] == "eval")
+        os.replace(tmp, self.run_dir / SCORES_CSV)
+
+
+def round_summary(round_: int, total: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``round`` row of a round from its ``train`` and ``eval`` rows."""
+    val = [r["dice"] for r in rows if r["kind"] == "eval" and r["role"] == "train" and r["images"] > 0]
+    unseen = [r["dice"] for r in rows if r["kind"] == "eval" and r["role"] == "unseen"]
+    return {
+        "kind": "round",
+        "round": round_,
+        "rounds": total,
+        "mean_val_dice": sum(val) / len(val) if val else math.nan,
+        "unseen_dice": unseen[0] if unseen else math.nan,
+    }
+
+
+def console_line(summary: dict[str, Any], train_rows: list[dict[str, Any]]) -> str:
+    """One line per round: loss, scores, time and traffic."""
+    loss = [r["loss"] for r in train_rows]
+    mean_loss = sum(loss) / len(loss) if loss else math.nan
+    sent = sum(r.get("bytes_sent", 0) + r.get("bytes_received", 0) for r in train_rows) / 2**20
+    failed = f" | failed: {', '.join(summary['failed'])}" if summary.get("failed") else ""
+    return (f"round {summary['round']}/{summary['rounds']} | loss {mean_loss:.4f} | "
+            f"val dice {summary['mean_val_dice']:.4f} | unseen dice {summary['unseen_dice']:.4f} | "
+            f"{summary['seconds']:.1f} s | {sent:.2f} MiB exchanged{failed}")

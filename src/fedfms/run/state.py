@@ -1,0 +1,106 @@
+"""The resumable state of a run: after every round, the global trainable tensors, the strategy's
+own tensors (e.g. FedAdam's moments), the round number and the best round so far.
+
+Layout under ``RUN_DIR/checkpoints/``::
+
+    round-0007/  trainable.safetensors  strategy.safetensors  state.json
+    best/        the same files, for the round with the best mean validation Dice
+    LATEST       name of the newest complete round folder
+
+Each folder is written under a temporary name and renamed into place; ``LATEST`` is replaced
+atomically after that, so an interrupted write never leaves a checkpoint that resume would take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINABLE = "trainable.safetensors"
+STRATEGY = "strategy.safetensors"
+STATE = "state.json"
+LATEST = "LATEST"
+
+
+@dataclass
+class RoundState:
+    """What a run needs to continue after ``round``: scalars here, tensors beside them."""
+
+    round: int
+    best_round: int | None = None
+    best_score: float | None = None
+    config: dict = field(default_factory=dict)
+
+
+class ResumeError(RuntimeError):
+    """The run folder holds no usable checkpoint, or one made with another configuration."""
+
+
+def _write_folder(target: Path, trainable: dict[str, torch.Tensor], strategy: dict[str, torch.Tensor],
+                  state: RoundState) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in trainable.items()}, tmp / TRAINABLE)
+        save_file({k: v.contiguous() for k, v in strategy.items()}, tmp / STRATEGY)
+        (tmp / STATE).write_text(json.dumps(asdict(state), indent=2))
+        if target.exists():
+            old = target.with_name(f".{target.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_round(run_dir: Path, trainable: dict[str, torch.Tensor], strategy: dict[str, torch.Tensor],
+               state: RoundState, is_best: bool) -> None:
+    """Persist the state after ``state.round``; keep only this round and the best one."""
+    root = run_dir / "checkpoints"
+    name = f"round-{state.round:04d}"
+    _write_folder(root / name, trainable, strategy, state)
+    if is_best:
+        _write_folder(root / "best", trainable, strategy, state)
+    previous = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
+    _atomic_text(root / LATEST, name)
+    if previous and previous != name:
+        shutil.rmtree(root / previous, ignore_errors=True)
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RoundState]:
+    try:
+        state = RoundState(**json.loads((folder / STATE).read_text()))
+        return load_file(folder / TRAINABLE), load_file(folder / STRATEGY), state
+    except (OSError, ValueError, TypeError) as err:
+        raise ResumeError(f"{folder}: checkpoint is unreadable: {err}") from None
+
+
+def load_latest(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RoundState]:
+    """The newest complete round of ``run_dir`` (trainable, strategy tensors, state)."""
+    pointer = run_dir / "checkpoints" / LATEST
+    if not pointer.exists():
+        raise ResumeError(f"{run_dir}: no complete round to resume from (missing {pointer})")
+    return _read_folder(run_dir / "checkpoints" / pointer.read_text().strip())
+
+
+def load_best(run_dir: Path) -> tuple[dict[str, torch.Tensor], RoundState]:
+    """The trainable tensors and state of the best round (by mean validation Dice)."""
+    trainable, _, state = _read_folder(run_dir / "checkpoints" / "best")
+    return trainable, state

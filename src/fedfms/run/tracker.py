@@ -1,0 +1,103 @@
+"""Round bookkeeping shared by federated and centralized training: start or resume, log every
+round, keep the best round (mean validation Dice over the training clients), checkpoint, and
+write ``results.json`` with the final scores of the best round."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedfms.config import RunConfig, save_config
+from fedfms.run.log import RunLog, console_line, round_summary, write_json
+from fedfms.run.state import ResumeError, RoundState, load_best, load_latest, save_round
+
+logger = logging.getLogger("fedfms")
+RESULTS = "results.json"
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without the settings a resume may change (rounds, output folder)."""
+    tree = {k: v for k, v in config.items() if k != "output_dir"}
+    tree["federation"] = {k: v for k, v in tree["federation"].items() if k != "rounds"}
+    return tree
+
+
+class RunTracker:
+    """One run's progress on disk. ``first_round`` and ``resumed`` say where training starts."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, kind: str, resume: bool = False) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.kind = kind
+        self.log = RunLog(run_dir)
+        self.started = time.perf_counter()
+        self.best_round: int | None = None
+        self.best_score: float | None = None
+        self.first_round = 1
+        self.resumed: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        if resume:
+            self._resume()
+        elif (run_dir / "checkpoints").exists():
+            raise ResumeError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                              "or choose another output folder")
+        save_config(config, run_dir / "config.yaml")
+
+    def _resume(self) -> None:
+        trainable, strategy, state = load_latest(self.run_dir)
+        mine = _comparable(self.config.model_dump(mode="json"))
+        if state.config and _comparable(state.config) != mine:
+            raise ResumeError(f"{self.run_dir}: the configuration differs from the one the run was started "
+                              "with (only federation.rounds may change on resume)")
+        self.log.truncate_after(state.round)
+        self.first_round = state.round + 1
+        self.best_round, self.best_score = state.best_round, state.best_score
+        self.resumed = (trainable, strategy)
+        logger.info("resuming %s from round %d", self.run_dir, state.round)
+
+    def end_round(self, round_: int, trainable: dict[str, torch.Tensor], strategy: dict[str, torch.Tensor],
+                  rows: list[dict[str, Any]], seconds: float, failed: list[str]) -> dict[str, Any]:
+        """Log the round's rows and its summary, update the best round, checkpoint."""
+        summary = round_summary(round_, self.config.federation.rounds, rows)
+        summary.update(seconds=seconds, failed=failed)
+        score = summary["mean_val_dice"]
+        evaluated = any(r["kind"] == "eval" for r in rows)
+        no_validation = evaluated and math.isnan(score)
+        is_best = evaluated and (
+            self.best_round is None or no_validation or (not math.isnan(score) and score > (self.best_score or -1.0))
+        )
+        if is_best:
+            self.best_round, self.best_score = round_, None if math.isnan(score) else score
+        self.log.append([*rows, summary])
+        logger.info(console_line(summary, [r for r in rows if r["kind"] == "train"]))
+        state = RoundState(round=round_, best_round=self.best_round, best_score=self.best_score,
+                           config=self.config.model_dump(mode="json"))
+        save_round(self.run_dir, trainable, strategy, state, is_best=is_best)
+        return summary
+
+    def best_trainable(self) -> dict[str, torch.Tensor]:
+        """The global trainable tensors of the best round."""
+        trainable, _ = load_best(self.run_dir)
+        return trainable
+
+    def finish(self, final_rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+        """Write ``results.json``: the best round's scores per client, and run facts."""
+        results = {
+            "name": self.config.name,
+            "kind": self.kind,
+            "unseen": self.config.data.unseen,
+            "best_round": self.best_round,
+            "rounds": self.config.federation.rounds,
+            "seconds": time.perf_counter() - self.started,
+            "model": self.config.model.model_dump(mode="json"),
+            "evaluation": self.config.evaluation.model_dump(mode="json"),
+            "clients": {r["client"]: {k: r[k] for k in ("role", "split", "dice", "iou", "dice_per_class",
+                                                         "iou_per_class", "images")} for r in final_rows},
+            **extra,
+        }
+        write_json(self.run_dir / RESULTS, results)
+        return results

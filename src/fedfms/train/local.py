@@ -1,0 +1,111 @@
+"""One local epoch of training and one pass of evaluation, shared by the federated client and
+the centralized trainer (same code, same budget)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from fedfms.config import EvaluationConfig, TrainConfig
+from fedfms.train.device import autocast, resolve_precision
+from fedfms.train.losses import bce_loss, proximal_term
+from fedfms.train.metrics import ScoreAccumulator
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one local epoch did: mean loss, samples seen, optimizer steps and wall time."""
+
+    loss: float
+    samples: int
+    steps: int
+    seconds: float
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    """A DataLoader with a seeded shuffle, so a run is reproducible round by round."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, drop_last=False)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    proximal_mu: float = 0.0,
+    desc: str = "train",
+) -> EpochResult:
+    """Train ``model`` in place for one pass over ``loader`` (or ``cfg.max_steps_per_epoch``).
+
+    Adam over the parameters that require grad (a fresh optimizer per call: each federated round
+    starts from the global model, as in FedAvg). With ``proximal_mu`` > 0 FedProx's term
+    ``mu/2 * ||w - w_start||^2`` is added. Batches: ``image`` (B, 3, S, S), ``mask`` (B, C, M, M).
+    """
+    if len(loader.dataset) == 0:
+        raise ValueError(f"{desc}: no training samples")
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    loss_fn = bce_loss(num_classes, cfg.pos_weight).to(device)
+    dtype = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    reference = (
+        {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if proximal_mu > 0 else None
+    )
+    total_steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    loss_sum, samples, steps = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=desc, unit="batch", leave=False, mininterval=2.0)
+    for batch in loader:
+        if steps >= total_steps:
+            break
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
+        if reference is not None:
+            loss = loss + proximal_mu / 2 * proximal_term(model, reference)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {steps}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.item() * images.shape[0]
+        samples += images.shape[0]
+        steps += 1
+        bar.set_postfix(loss=f"{loss_sum / samples:.4f}", img_s=f"{samples / (time.perf_counter() - start):.1f}")
+        bar.update()
+    bar.close()
+    return EpochResult(loss=loss_sum / samples, samples=samples, steps=steps, seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    class_names: Sequence[str],
+    cfg: EvaluationConfig,
+    device: torch.device,
+    precision: str = "auto",
+) -> dict[str, float | int | list[float]]:
+    """Dice and IoU of ``model`` on ``loader`` (see :mod:`fedfms.train.metrics` for the reductions)."""
+    model.to(device).eval()
+    dtype = resolve_precision(precision, device)
+    scores = ScoreAccumulator(class_names, cfg.protocol, cfg.threshold)
+    for batch in loader:
+        with autocast(device, dtype):
+            logits = model(batch["image"].to(device))
+        scores.add(logits.float(), batch["mask"])
+    model.train()
+    return scores.summary()
