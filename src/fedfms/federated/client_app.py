@@ -12,12 +12,12 @@ from flwr.clientapp import ClientApp
 
 from fedfms.config import RunConfig
 from fedfms.federated import protocol as P
-from fedfms.federated.site import describe, frozen_digest, load_site, node_model_config, site_directory, site_model
+from fedfms.federated.site import describe, frozen_digest, node_model_config, site_directory, site_model
 from fedfms.federated.wire import from_record, to_record
 from fedfms.models import load_trainable_state, trainable_state
 from fedfms.train.device import resolve_device
-from fedfms.train.local import evaluate as evaluate_model
 from fedfms.train.local import make_loader, train_epoch
+from fedfms.train.sites import load_site, score_site
 
 logger = logging.getLogger("fedfms")
 app = ClientApp()
@@ -70,19 +70,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model: all data if this is the unseen client, else the validation split."""
     config, site, model_cfg, model = _prepare(msg, context)
     load_trainable_state(model, from_record(msg.content[P.ARRAYS]))
-    split = "test" if site.name == str(msg.content[P.CONFIG][P.UNSEEN]) else "val"
-    dataset = site.dataset("all" if split == "test" else "val", model_cfg)
-    loader = make_loader(dataset, config.evaluation.batch_size, shuffle=False, seed=0,
-                         num_workers=config.train.num_workers)
-    scores = evaluate_model(model, loader, site.manifest.class_names, config.evaluation,
-                            resolve_device(config.train.device), config.train.precision)
+    scores = score_site(model, site, config, model_cfg)
     metrics = MetricRecord({
         P.NUM_EXAMPLES: scores["images"],
         "dice": _finite(scores["dice"]), "iou": _finite(scores["iou"]),
         "dice-per-class": [_finite(v) for v in scores["dice_per_class"]],
         "iou-per-class": [_finite(v) for v in scores["iou_per_class"]],
     })
-    return Message(RecordDict({P.METRICS: metrics, P.INFO: ConfigRecord({"split": split})}), reply_to=msg)
+    return Message(RecordDict({P.METRICS: metrics, P.INFO: ConfigRecord({"split": scores["split"]})}), reply_to=msg)
 
 
 def _finite(value: float) -> float:

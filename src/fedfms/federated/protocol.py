@@ -8,13 +8,13 @@ no copy of the YAML: only its data folder (and, for pretrained runs, the SAM wei
 - TRAIN  server -> node: ``arrays`` (global trainable tensors), ``config`` {run-config,
   server-round, [proximal-mu]}; reply ``arrays`` (local trainable tensors), ``metrics``
   {num-examples (training samples: the FedAvg weight), train-loss, train-seconds, train-steps}.
-- EVALUATE server -> node: ``arrays``, ``config`` {run-config, server-round, unseen}; the
-  unseen client scores all its data, the others their validation split; reply ``metrics``
-  {num-examples, dice, iou, dice-per-class, iou-per-class, split}.
+- EVALUATE server -> node: ``arrays``, ``config`` {run-config, server-round}; the unseen
+  client (``data.unseen`` of the run config) scores all its data, the others their validation
+  split; reply ``metrics`` {num-examples, dice, iou, dice-per-class, iou-per-class} and
+  ``info`` {split}.
 """
 
 RUN_CONFIG = "run-config"
-UNSEEN = "unseen"
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"

@@ -119,7 +119,7 @@ def _evaluate(grid: Grid, nodes: list[Node], arrays: ArrayRecord, config: RunCon
               timeout: float | None) -> tuple[list[dict[str, Any]], list[str]]:
     """Scores of ``arrays`` on every client: validation split, or all data of the unseen client."""
     by_id = {n.node_id: n for n in nodes}
-    cfg = _config_record(config, **{"server-round": round_, P.UNSEEN: config.data.unseen or ""})
+    cfg = _config_record(config, **{"server-round": round_})
     messages = [Message(RecordDict({P.ARRAYS: arrays, P.CONFIG: cfg}), dst_node_id=n.node_id,
                         message_type=MessageType.EVALUATE) for n in nodes]
     rows, failed = [], []

@@ -1,5 +1,5 @@
-"""What a hospital's node holds: its prepared data folder, its train/validation split and the
-model it trains. Runs only where the data is (inside the ClientApp).
+"""What a hospital's node holds: which data folder, which weights file, its model.
+Runs only where the data is (inside the ClientApp).
 
 Which folder: a SuperNode of a real deployment is started with ``--node-config
 "data-dir='/path/to/prepared/site'"``; in the simulation runtime node ``partition-id`` *i*
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,44 +18,9 @@ import torch
 from flwr.app import Context
 from torch import nn
 
-from fedfms.config import DataConfig, ModelConfig, RunConfig
-from fedfms.data import ClientDataset, ClientManifest, find_clients, read_manifest, train_val_split
+from fedfms.config import DataConfig, ModelConfig
 from fedfms.models import build_model
-
-
-class SiteError(RuntimeError):
-    """The node cannot serve the run (no data folder, wrong classes...); names node and folder."""
-
-
-@dataclass(frozen=True)
-class Site:
-    """One client's data as seen by its node: folder, manifest and split (sample indices)."""
-
-    directory: Path
-    manifest: ClientManifest
-    train: list[int]
-    val: list[int]
-
-    @property
-    def name(self) -> str:
-        return self.manifest.client
-
-    def dataset(self, part: str, model: ModelConfig) -> ClientDataset:
-        """``part`` is ``train``, ``val`` or ``all``; samples sized for ``model``."""
-        indices = {"train": self.train, "val": self.val, "all": None}[part]
-        return ClientDataset(self.directory, indices, image_size=model.image_size, mask_size=model.mask_size)
-
-
-def ordered_clients(data: DataConfig) -> list[Path]:
-    """Client folders of a one-machine run, in the order of ``data.clients`` (default: sorted)."""
-    if data.root is None:
-        raise SiteError("data.root is not set: a simulation needs the folder of prepared clients")
-    found = {p.name: p for p in find_clients(data.root)}
-    names = data.clients if data.clients is not None else sorted(found)
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise SiteError(f"{data.root}: no prepared client folder for {missing} (found {sorted(found)})")
-    return [found[n] for n in names]
+from fedfms.train.sites import Site, SiteError, ordered_clients
 
 
 def site_directory(context: Context, data: DataConfig) -> Path:
@@ -71,16 +35,6 @@ def site_directory(context: Context, data: DataConfig) -> Path:
     if index >= len(clients):
         raise SiteError(f"node {context.node_id}: partition {index} but only {len(clients)} clients in {data.root}")
     return clients[index]
-
-
-def load_site(directory: Path, config: RunConfig) -> Site:
-    """Read the manifest and split it 9:1 by case (deterministic by ``data.split_seed``)."""
-    manifest = read_manifest(directory)
-    if manifest.num_classes != config.model.num_classes:
-        raise SiteError(f"{directory}: client {manifest.client!r} has {manifest.num_classes} classes "
-                        f"{manifest.class_names}, the model has {config.model.num_classes}")
-    train, val = train_val_split(manifest, config.data.val_fraction, config.data.split_seed)
-    return Site(directory, manifest, train, val)
 
 
 def node_model_config(context: Context, model: ModelConfig) -> ModelConfig:

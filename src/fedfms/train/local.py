@@ -66,8 +66,6 @@ def train_epoch(
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=desc, unit="batch", leave=False, mininterval=2.0)
     for batch in loader:
-        if steps >= total_steps:
-            break
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         with autocast(device, dtype):
@@ -86,6 +84,8 @@ def train_epoch(
         steps += 1
         bar.set_postfix(loss=f"{loss_sum / samples:.4f}", img_s=f"{samples / (time.perf_counter() - start):.1f}")
         bar.update()
+        if steps >= total_steps:
+            break
     bar.close()
     return EpochResult(loss=loss_sum / samples, samples=samples, steps=steps, seconds=time.perf_counter() - start)
 

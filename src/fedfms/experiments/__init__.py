@@ -1,0 +1,1 @@
+"""Experiments built on the trainers: centralized training, the demo, reports."""

@@ -1,0 +1,65 @@
+"""Centralized training (the paper's "SAM" and "MSA" rows): the same local trainer on the pooled
+training splits of the same clients, with the same budget (one pass over the pooled data per
+round, ``federation.rounds`` rounds) and the same evaluation, checkpoints and results."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from fedfms.config import RunConfig
+from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
+from fedfms.run.tracker import RunTracker
+from fedfms.train.device import resolve_device
+from fedfms.train.local import make_loader, train_epoch
+from fedfms.train.sites import Site, load_site, ordered_clients, score_site
+
+
+def _eval_rows(model: torch.nn.Module, sites: list[Site], config: RunConfig, round_: int) -> list[dict[str, Any]]:
+    rows = []
+    for site in sites:
+        scores = score_site(model, site, config)
+        rows.append({"kind": "eval", "round": round_, "client": site.name,
+                     "role": "unseen" if site.name == config.data.unseen else "train", **scores})
+    return rows
+
+
+def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train on the pooled data of every client but the unseen one; returns ``results.json``."""
+    sites = [load_site(path, config) for path in ordered_clients(config.data)]
+    trainers = [s for s in sites if s.name != config.data.unseen]
+    if not trainers:
+        raise ValueError(f"{config.name}: no training client (all clients are the unseen one)")
+    tracker = RunTracker(config, config.output_dir, kind="centralized", resume=resume)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model)
+    if tracker.resumed is not None:
+        load_trainable_state(model, tracker.resumed[0])
+    pooled = ConcatDataset([s.dataset("train", config.model) for s in trainers])
+    device = resolve_device(config.train.device)
+    for round_ in range(tracker.first_round, config.federation.rounds + 1):
+        start = time.perf_counter()
+        loader = make_loader(pooled, config.train.batch_size, shuffle=True, seed=config.train.seed + round_,
+                             num_workers=config.train.num_workers)
+        rows = []
+        for epoch in range(config.train.local_epochs):
+            result = train_epoch(model, loader, config.train, config.model.num_classes, device,
+                                 desc=f"pooled round {round_} epoch {epoch + 1}")
+            rows.append({"kind": "train", "round": round_, "client": "pooled", "loss": result.loss,
+                         "samples": result.samples, "seconds": result.seconds})
+        if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
+            rows += _eval_rows(model, sites, config, round_)
+        tracker.end_round(round_, {k: v.cpu() for k, v in trainable_state(model).items()}, {}, rows,
+                          time.perf_counter() - start, [])
+
+    load_trainable_state(model, tracker.best_trainable())
+    final_rows = _eval_rows(model, sites, config, tracker.best_round or 0)
+    save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round)})
+    return tracker.finish(final_rows, {
+        "trainable_parameters": sum(v.numel() for v in trainable_state(model).values()),
+        "clients_info": {s.name: {"train": len(s.train), "val": len(s.val), "samples": len(s.manifest.samples)}
+                         for s in sites},
+    })

@@ -1,0 +1,72 @@
+"""A client's data as training code sees it: folder, manifest, 9:1 split by case, and the scoring
+of a model on it. Used by the federated ClientApp and by centralized training alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fedfms.config import DataConfig, ModelConfig, RunConfig
+from fedfms.data import ClientDataset, ClientManifest, find_clients, read_manifest, train_val_split
+from fedfms.train.device import resolve_device
+from fedfms.train.local import evaluate, make_loader
+
+
+class SiteError(RuntimeError):
+    """A client folder cannot serve the run (missing, wrong classes...); names the folder."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One client's prepared folder, manifest and split (sample indices)."""
+
+    directory: Path
+    manifest: ClientManifest
+    train: list[int]
+    val: list[int]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.client
+
+    def dataset(self, part: str, model: ModelConfig) -> ClientDataset:
+        """``part`` is ``train``, ``val`` or ``all``; samples sized for ``model``."""
+        indices = {"train": self.train, "val": self.val, "all": None}[part]
+        return ClientDataset(self.directory, indices, image_size=model.image_size, mask_size=model.mask_size)
+
+
+def ordered_clients(data: DataConfig) -> list[Path]:
+    """Client folders of a one-machine run, in the order of ``data.clients`` (default: sorted)."""
+    if data.root is None:
+        raise SiteError("data.root is not set: this run needs the folder of prepared clients")
+    found = {p.name: p for p in find_clients(data.root)}
+    names = data.clients if data.clients is not None else sorted(found)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SiteError(f"{data.root}: no prepared client folder for {missing} (found {sorted(found)})")
+    return [found[n] for n in names]
+
+
+def load_site(directory: Path, config: RunConfig) -> Site:
+    """Read the manifest and split it 9:1 by case (deterministic by ``data.split_seed``)."""
+    manifest = read_manifest(directory)
+    if manifest.num_classes != config.model.num_classes:
+        raise SiteError(f"{directory}: client {manifest.client!r} has {manifest.num_classes} classes "
+                        f"{manifest.class_names}, the model has {config.model.num_classes}")
+    train, val = train_val_split(manifest, config.data.val_fraction, config.data.split_seed)
+    return Site(directory, manifest, train, val)
+
+
+def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """Scores of ``model`` on a site: all its data if it is the unseen client, else its
+    validation split. Returns ``split`` plus the keys of :meth:`ScoreAccumulator.summary`."""
+    model_cfg = model_cfg or config.model
+    split = "test" if site.name == config.data.unseen else "val"
+    loader = make_loader(site.dataset("all" if split == "test" else "val", model_cfg), config.evaluation.batch_size,
+                         shuffle=False, seed=0, num_workers=config.train.num_workers)
+    scores = evaluate(model, loader, site.manifest.class_names, config.evaluation,
+                      resolve_device(config.train.device), config.train.precision)
+    return {"split": split, **scores}

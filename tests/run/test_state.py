@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from fedfms.config import DataConfig, FederationConfig, RunConfig
+from fedfms.run.state import ResumeError, RoundState, load_best, load_latest, save_round
+from fedfms.run.tracker import RunTracker
+
+
+def _config(tmp_path, rounds=3, lr=1e-4):
+    return RunConfig(output_dir=tmp_path / "run", data=DataConfig(root=tmp_path), federation=FederationConfig(rounds=rounds),
+                     train={"lr": lr})
+
+
+def test_latest_and_best_round_are_kept_and_older_rounds_dropped(tmp_path):
+    for r in (1, 2, 3):
+        save_round(tmp_path, {"w": torch.full((2,), float(r))}, {"m_t/w": torch.zeros(2)}, RoundState(round=r),
+                   is_best=r == 2)
+    trainable, strategy, state = load_latest(tmp_path)
+    assert state.round == 3 and trainable["w"].tolist() == [3.0, 3.0] and "m_t/w" in strategy
+    best, best_state = load_best(tmp_path)
+    assert best_state.round == 2 and best["w"].tolist() == [2.0, 2.0]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["LATEST", "best", "round-0003"]
+
+
+def test_failed_write_leaves_previous_checkpoint_usable(tmp_path):
+    save_round(tmp_path, {"w": torch.ones(2)}, {}, RoundState(round=1), is_best=True)
+    with pytest.raises(Exception):
+        save_round(tmp_path, {"w": "not a tensor"}, {}, RoundState(round=2), is_best=False)
+    _, _, state = load_latest(tmp_path)
+    assert state.round == 1
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ResumeError, match="no complete round"):
+        load_latest(tmp_path)
+
+
+def test_tracker_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path):
+    config = _config(tmp_path)
+    tracker = RunTracker(config, config.output_dir, kind="centralized")
+    rows = [{"kind": "eval", "round": 1, "client": "a", "role": "train", "split": "val", "dice": 0.5, "iou": 0.4,
+             "images": 3}]
+    tracker.end_round(1, {"w": torch.ones(1)}, {}, rows, 1.0, [])
+    with pytest.raises(ResumeError, match="--resume"):
+        RunTracker(config, config.output_dir, kind="centralized")
+    with pytest.raises(ResumeError, match="configuration differs"):
+        RunTracker(_config(tmp_path, lr=1e-3), config.output_dir, kind="centralized", resume=True)
+    resumed = RunTracker(_config(tmp_path, rounds=5), config.output_dir, kind="centralized", resume=True)
+    assert resumed.first_round == 2 and resumed.best_round == 1 and resumed.best_score == 0.5

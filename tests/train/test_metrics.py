@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+
+from fedfms.train.metrics import ScoreAccumulator, image_scores
+
+
+def _logits(mask: torch.Tensor) -> torch.Tensor:
+    """Confident logits that reproduce a binary mask at any threshold in (0.1, 0.9)."""
+    return torch.where(mask > 0, 5.0, -5.0)
+
+
+def test_standard_dice_iou_of_partial_overlap():
+    truth = torch.zeros(1, 1, 4, 4)
+    truth[0, 0, :2, :] = 1  # 8 pixels
+    pred = torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 1:3, :] = 1  # 8 pixels, 4 shared
+    dice, iou = image_scores(_logits(pred), truth)
+    assert dice.item() == pytest.approx(2 * 4 / 16)
+    assert iou.item() == pytest.approx(4 / 12)
+
+
+def test_empty_truth_and_prediction_scores_one_and_false_positive_scores_zero():
+    truth = torch.zeros(2, 1, 4, 4)
+    pred = torch.zeros(2, 1, 4, 4)
+    pred[1, 0, 0, 0] = 1
+    dice, iou = image_scores(_logits(pred), truth)
+    assert dice[:, 0].tolist() == [1.0, 0.0]
+    assert iou[:, 0].tolist() == [1.0, 0.0]
+
+
+def test_standard_threshold_is_on_probability():
+    truth = torch.ones(1, 1, 2, 2)
+    logits = torch.full((1, 1, 2, 2), 0.3)  # sigmoid = 0.574
+    assert image_scores(logits, truth, threshold=0.5)[0].item() == 1.0
+    assert image_scores(logits, truth, threshold=0.6)[0].item() == 0.0
+
+
+def test_paper_protocol_averages_thresholds_on_raw_logits():
+    truth = torch.ones(1, 1, 2, 2)
+    logits = torch.full((1, 1, 2, 2), 0.4)  # above 0.1 and 0.3, below 0.5, 0.7, 0.9
+    dice, _ = image_scores(logits, truth, protocol="paper")
+    smooth = 1e-4
+    hit, miss = (8 + smooth) / (8 + smooth), smooth / (4 + smooth)
+    assert dice.item() == pytest.approx((2 * hit + 3 * miss) / 5)
+
+
+def test_accumulator_means_over_images_per_class():
+    acc = ScoreAccumulator(["disc", "cup"])
+    truth = torch.zeros(2, 2, 4, 4)
+    truth[:, 0] = 1
+    pred = truth.clone()
+    pred[1, 0] = 0  # image 2 misses the disc entirely
+    acc.add(_logits(pred), truth)
+    summary = acc.summary()
+    assert summary["images"] == 2
+    assert summary["dice_per_class"] == pytest.approx([0.5, 1.0])
+    assert summary["dice"] == pytest.approx(0.75)
+
+
+def test_empty_accumulator_is_nan_not_zero():
+    summary = ScoreAccumulator(["x"]).summary()
+    assert summary["images"] == 0 and math.isnan(summary["dice"])
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        image_scores(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4))
