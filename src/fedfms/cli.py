@@ -19,3 +19,7 @@ app.command("demo")(demo_command)
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

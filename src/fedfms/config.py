@@ -53,6 +53,9 @@ class ModelConfig(_Strict):
     adapter_ratio: float = Field(0.25, gt=0, le=1)
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
+    unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    unet_res_units: int = Field(2, ge=0)
+    nnunet_gpu_memory_gb: float = Field(8.0, gt=0)
 
     @property
     def mask_size(self) -> int:

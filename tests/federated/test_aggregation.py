@@ -5,21 +5,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from flwr.supercore.task_identity import TaskIdentity
-
 from fedfms.config import FederationConfig
+from fedfms.federated.server import Node, _screen
 from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import UpdateRejected, check_update, from_record, record_shapes, to_record
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages are stamped with the identity of the running task, which Flower's runtime sets
-    for a ServerApp process; these tests play the ServerApp's role without a runtime."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _reply(state: dict[str, torch.Tensor], num_examples: int, node: int) -> Message:
@@ -81,3 +73,15 @@ def test_record_round_trip_is_exact():
     back = from_record(to_record(state))
     assert all(torch.equal(back[k], state[k]) for k in state)
     assert isinstance(to_record(state), ArrayRecord)
+
+
+def test_screen_names_the_client_of_a_nan_or_misshapen_update_and_keeps_the_others():
+    shapes = {"w": (2,)}
+    nodes = {1: Node(1, "good", 4, 1, 5, ["x"]), 2: Node(2, "nan-site", 4, 1, 5, ["x"]),
+             3: Node(3, "shape-site", 4, 1, 5, ["x"])}
+    replies = [_reply({"w": torch.ones(2)}, 4, 1), _reply({"w": torch.tensor([1.0, float("inf")])}, 4, 2),
+               _reply({"w": torch.ones(3)}, 4, 3)]
+    valid, failed = _screen(replies, nodes, shapes)
+    assert [r.metadata.src_node_id for r in valid] == [1]
+    assert any(f.startswith("nan-site: update rejected") and "NaN or Inf" in f for f in failed)
+    assert any(f.startswith("shape-site: update rejected") and "shape (3,)" in f for f in failed)

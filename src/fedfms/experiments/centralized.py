@@ -15,7 +15,7 @@ from fedfms.models import build_model, load_trainable_state, save_checkpoint, tr
 from fedfms.run.tracker import RunTracker
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
-from fedfms.train.sites import Site, load_site, ordered_clients, score_site
+from fedfms.train.sites import Site, load_site, ordered_clients, save_run_split, score_site
 
 
 def _eval_rows(model: torch.nn.Module, sites: list[Site], config: RunConfig, round_: int) -> list[dict[str, Any]]:
@@ -34,6 +34,7 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     if not trainers:
         raise ValueError(f"{config.name}: no training client (all clients are the unseen one)")
     tracker = RunTracker(config, config.output_dir, kind="centralized", resume=resume)
+    save_run_split(config)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
     if tracker.resumed is not None:

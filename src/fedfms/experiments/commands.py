@@ -13,8 +13,13 @@ from fedfms.config import load_config
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
-    logging.getLogger("fedfms").setLevel(logging.INFO)
+    """Per-round lines of fedfms on stderr; Flower keeps its own console handler."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    fedfms = logging.getLogger("fedfms")
+    fedfms.addHandler(handler)
+    fedfms.setLevel(logging.INFO)
+    fedfms.propagate = False
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:

@@ -13,7 +13,7 @@ from flwr.simulation import run_simulation
 from fedfms.config import RunConfig
 from fedfms.federated.client_app import app as client_app
 from fedfms.federated.server_app import server_app_for
-from fedfms.federated.site import ordered_clients
+from fedfms.train.sites import ordered_clients, save_run_split
 
 logger = logging.getLogger("fedfms")
 
@@ -33,6 +33,9 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                              "num_gpus": config.simulation.gpus_per_client},
         "init_args": {"num_cpus": cores, "include_dashboard": False},
     }
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    save_run_split(config)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     results: list[dict[str, Any]] = []
     server_app = server_app_for(config, config.output_dir, len(clients), resume, results)
     with warnings.catch_warnings():

@@ -24,8 +24,7 @@ MOMENTS = ("m_t", "v_t")
 def make_strategy(cfg: FederationConfig, min_train_nodes: int) -> FedAvg:
     """The strategy of ``cfg.strategy``; all connected training nodes take part in every round,
     at least ``min_train_nodes`` of them."""
-    common = dict(fraction_train=1.0, min_train_nodes=min_train_nodes, min_available_nodes=min_train_nodes,
-                  fraction_evaluate=0.0)
+    common = dict(fraction_train=1.0, min_train_nodes=min_train_nodes, min_available_nodes=min_train_nodes)
     if cfg.strategy == "fedprox":
         return FedProx(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":

@@ -64,7 +64,7 @@ def train_epoch(
     total_steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     loss_sum, samples, steps = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc, unit="batch", leave=False, mininterval=2.0)
+    bar = tqdm(total=total_steps, desc=desc, unit="batch", leave=False, mininterval=2.0, disable=None)
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)

@@ -10,7 +10,15 @@ from typing import Any
 from torch import nn
 
 from fedfms.config import DataConfig, ModelConfig, RunConfig
-from fedfms.data import ClientDataset, ClientManifest, find_clients, read_manifest, train_val_split
+from fedfms.data import (
+    ClientDataset,
+    ClientManifest,
+    find_clients,
+    leave_one_client_out,
+    read_manifest,
+    save_split,
+    train_val_split,
+)
 from fedfms.train.device import resolve_device
 from fedfms.train.local import evaluate, make_loader
 
@@ -70,3 +78,14 @@ def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: Model
     scores = evaluate(model, loader, site.manifest.class_names, config.evaluation,
                       resolve_device(config.train.device), config.train.precision)
     return {"split": split, **scores}
+
+
+def save_run_split(config: RunConfig) -> None:
+    """Write ``split.json`` into the run folder: the sample ids of every client's train and
+    validation split and of the unseen client's test set. For runs that see every client folder
+    (simulation, centralized); in a deployment each hospital keeps its own split."""
+    if config.data.unseen is None:
+        return
+    manifests = {m.client: m for m in (read_manifest(p) for p in ordered_clients(config.data))}
+    split = leave_one_client_out(manifests, config.data.unseen, config.data.val_fraction, config.data.split_seed)
+    save_split(split, config.output_dir / "split.json")

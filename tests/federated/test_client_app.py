@@ -1,0 +1,63 @@
+"""The real ClientApp answering real Flower messages, as a SuperNode would call it."""
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from fedfms.federated import protocol as P
+from fedfms.federated.client_app import app
+from fedfms.federated.wire import from_record, to_record
+from fedfms.models import build_model, trainable_state
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({P.CONFIG: ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), "server-round": 1})})
+    if arrays is not None:
+        content[P.ARRAYS] = arrays
+    context = Context(run_id=1, node_id=5, node_config={"data-dir": str(data_dir)}, state=RecordDict(), run_config={})
+    return app(Message(content, dst_node_id=5, message_type=kind), context)
+
+
+def test_train_reply_carries_only_the_trainable_tensors_and_counts(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run")
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    sent = trainable_state(model)
+    reply = _send(MessageType.TRAIN, config, federation / "site-A", to_record(sent))
+    assert set(reply.content.keys()) == {P.ARRAYS, P.METRICS}
+    received = from_record(reply.content[P.ARRAYS])
+    assert set(received) == set(sent)
+    assert all(received[k].shape == sent[k].shape for k in sent)
+    assert any(not torch.equal(received[k], sent[k]) for k in sent), "local training changed nothing"
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert frozen > 0 and reply.content[P.ARRAYS].count_bytes() < 4 * sum(p.numel() for p in model.parameters())
+    assert reply.content[P.METRICS][P.NUM_EXAMPLES] == 4  # site-A: 8 samples, 2 cases held out for validation
+    assert set(reply.content[P.METRICS].keys()) == {P.NUM_EXAMPLES, "train-loss", "train-seconds", "train-steps"}
+
+
+def test_query_describes_the_site_without_data(federation, tmp_path, run_config):
+    reply = _send(MessageType.QUERY, run_config(federation, tmp_path / "run"), federation / "site-B")
+    info = reply.content[P.INFO]
+    assert info["client"] == "site-B" and info["num-samples"] == 8
+    assert info["num-train"] + info["num-val"] == 8
+    assert len(str(info[P.FROZEN_DIGEST])) == 64
+    assert not reply.content.array_records
+
+
+def test_evaluate_scores_the_unseen_client_on_all_its_data(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run")
+    torch.manual_seed(0)
+    arrays = to_record(trainable_state(build_model(config.model)))
+    unseen = _send(MessageType.EVALUATE, config, federation / "site-C", arrays)
+    seen = _send(MessageType.EVALUATE, config, federation / "site-A", arrays)
+    assert unseen.content[P.INFO]["split"] == "test" and unseen.content[P.METRICS][P.NUM_EXAMPLES] == 8
+    assert seen.content[P.INFO]["split"] == "val" and seen.content[P.METRICS][P.NUM_EXAMPLES] == 4
+    assert 0.0 <= unseen.content[P.METRICS]["dice"] <= 1.0
+
+
+def test_a_node_without_data_folder_gets_an_error_naming_it(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run")
+    with pytest.raises(Exception, match="nowhere"):
+        _send(MessageType.QUERY, config, tmp_path / "nowhere")

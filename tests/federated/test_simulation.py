@@ -1,0 +1,95 @@
+"""End to end in Flower's simulation runtime (Ray): 3 virtual SuperNodes, tiny SAM."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from fedfms.config import save_config
+from fedfms.data import load_split
+from fedfms.federated.simulation import simulate
+from fedfms.federated.wire import to_record
+from fedfms.models import build_model, load_checkpoint, trainable_state
+from fedfms.run.log import read_rows
+from fedfms.run.state import load_latest
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_rounds_with_three_clients_train_two_and_test_the_unseen(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run", rounds=2)
+    results = simulate(config)
+
+    rows = read_rows(config.output_dir)
+    assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2]
+    trained = {(r["round"], r["client"]) for r in rows if r["kind"] == "train"}
+    assert trained == {(1, "site-A"), (1, "site-B"), (2, "site-A"), (2, "site-B")}  # site-C never trains
+    unseen = [r for r in rows if r["kind"] == "eval" and r["client"] == "site-C"]
+    assert [r["split"] for r in unseen] == ["test", "test"] and all(r["images"] == 8 for r in unseen)
+
+    torch.manual_seed(config.train.seed)
+    initial = trainable_state(build_model(config.model))
+    trainable, _, state = load_latest(config.output_dir)
+    assert state.round == 2 and set(trainable) == set(initial)
+    assert any(not torch.equal(trainable[k], initial[k]) for k in initial), "the global model never changed"
+    expected_bytes = to_record(initial).count_bytes()  # the trainable tensors and nothing else
+    assert expected_bytes < 4 * sum(p.numel() for p in build_model(config.model).parameters())
+    assert {r["bytes_received"] for r in rows if r["kind"] == "train"} == {expected_bytes}
+
+    assert results["best_round"] in (1, 2) and set(results["clients"]) == {"site-A", "site-B", "site-C"}
+    assert results["clients"]["site-C"]["role"] == "unseen"
+    model, model_cfg = load_checkpoint(config.output_dir / "best_model")
+    assert model_cfg.model_copy(update={"checkpoint": None}) == config.model
+    split = load_split(config.output_dir / "split.json")
+    assert split.unseen == "site-C" and len(split.test) == 8
+    for client in ("site-A", "site-B"):
+        assert not set(split.train[client]) & set(split.val[client])
+
+
+def test_a_failing_client_is_named_and_the_round_goes_on(federation, tmp_path, run_config):
+    shutil.rmtree(federation / "site-B" / "images")  # site-B's node fails when it reads a sample
+    config = run_config(federation, tmp_path / "run", rounds=2, min_train_clients=1)
+    results = simulate(config)
+    rounds = [r for r in read_rows(config.output_dir) if r["kind"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(any(f.startswith("site-B") for f in r["failed"]) for r in rounds)
+    assert {r["client"] for r in read_rows(config.output_dir) if r["kind"] == "train"} == {"site-A"}
+    assert "site-C" in results["clients"]
+
+
+def test_too_few_answers_stop_the_run_with_the_reason(federation, tmp_path, run_config):
+    shutil.rmtree(federation / "site-B" / "images")
+    config = run_config(federation, tmp_path / "run", rounds=2)  # default: every training client needed
+    with pytest.raises(Exception, match="site-B"):
+        simulate(config)
+
+
+def test_resume_after_a_killed_run_reaches_the_final_round(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run", rounds=8)
+    path = tmp_path / "run.yaml"
+    save_config(config, path)
+    command = [sys.executable, "-m", "fedfms.cli", "train", "--config", str(path)]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = config.output_dir / "checkpoints" / "LATEST"
+    deadline = time.monotonic() + 180
+    while not latest.exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert latest.exists(), "the first run never completed a round"
+    assert not (config.output_dir / "results.json").exists(), "the run finished before it could be interrupted"
+    killed_at = load_latest(config.output_dir)[2].round
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rounds = [r["round"] for r in read_rows(config.output_dir) if r["kind"] == "round"]
+    assert rounds == list(range(1, 9)), f"killed after round {killed_at}, log has rounds {rounds}"
+    assert json.loads((config.output_dir / "results.json").read_text())["rounds"] == 8
+    assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
