@@ -1,0 +1,202 @@
+"""``fedfms prepare``: one sub-command per source format, each writing one prepared client folder
+(``monuseg`` and ``synthetic`` may write several). Bad source data stops the command with every
+problem listed (file: problem) and nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from fedfms.data.prepare import OutputSpec
+
+prepare_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+Src = Annotated[Path, typer.Argument(help="source folder", exists=True, file_okay=False)]
+Out = Annotated[Path, typer.Argument(help="folder of prepared clients (created if needed)")]
+Client = Annotated[str | None, typer.Option(help="client (site) name; default: the source folder's name")]
+ImageSize = Annotated[int, typer.Option(help="stored image side (bilinear)")]
+MaskSize = Annotated[int, typer.Option(help="stored mask side (nearest)")]
+Overwrite = Annotated[bool, typer.Option(help="replace an existing client (only once preparation succeeded)")]
+Append = Annotated[bool, typer.Option(help="add samples to an existing client with the same classes and sizes")]
+Limit = Annotated[int | None, typer.Option(help="only the first N volumes / pairs / cases (quick trials)")]
+SkipUnpaired = Annotated[bool, typer.Option(help="skip images without masks (and masks without images) with a warning")]
+Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+
+
+def _output(
+    out: Path, client: str, image_size: int, mask_size: int, overwrite: bool, append: bool, progress: bool
+) -> OutputSpec:
+    from fedfms.data.prepare import OutputSpec
+
+    if overwrite and append:
+        raise typer.BadParameter("--overwrite and --append exclude each other")
+    mode = "overwrite" if overwrite else "append" if append else "create"
+    return OutputSpec(out, client, image_size, mask_size, mode, progress)
+
+
+def _run(job: Callable[[], object]) -> None:
+    """Run a preparation; print its summary, or its problems and exit 1."""
+    from fedfms.data.manifest import ManifestError
+    from fedfms.data.validate import DataValidationError
+    from fedfms.data.writer import ClientExistsError
+
+    try:
+        reports = job()
+    except (DataValidationError, ClientExistsError, ManifestError, ValueError) as err:
+        typer.secho(f"preparation failed, nothing written:\n{err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    for report in reports if isinstance(reports, list) else [reports]:
+        typer.echo(report.summary() if hasattr(report, "summary") else str(report))
+
+
+def _classes(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+@prepare_app.command("nifti")
+def nifti_command(
+    src: Src,
+    out: Out,
+    client: Client = None,
+    preset: Annotated[str, typer.Option(help="prostate (1 class, copies) or fets (label 4, neighbours, every 5th empty)")] = "prostate",
+    classes: Annotated[str | None, typer.Option(help="class names, comma separated")] = None,
+    label_map: Annotated[str | None, typer.Option(help="label value -> class, e.g. '1:0,2:0,4:1' (0 = background, a+b = both)")] = None,
+    channels: Annotated[str | None, typer.Option(help="copy | neighbours")] = None,
+    keep_empty_every: Annotated[int | None, typer.Option(help="keep every k-th empty slice (1 = all, 0 = none)")] = None,
+    axis: Annotated[int | None, typer.Option(help="slicing (depth) axis of the volume")] = None,
+    clip_percentile: Annotated[float | None, typer.Option(help="upper intensity percentile to clip at")] = None,
+    image_suffix: Annotated[str | None, typer.Option(help="image file stem suffix, e.g. _t1ce or _0000")] = None,
+    mask_suffix: Annotated[str | None, typer.Option(help="label file stem suffix, e.g. _seg")] = None,
+    skip_unpaired: SkipUnpaired = False,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    append: Append = False,
+    progress: Progress = True,
+) -> None:
+    """3D NIfTI image + label volumes -> 2D slices (per-volume 99th-percentile clip, min-max)."""
+    from fedfms.data.prepare.encodings import MaskEncoding, parse_levels
+    from fedfms.data.prepare.nifti import prepare_nifti
+    from fedfms.data.prepare.nifti import preset as nifti_preset
+
+    def job():
+        names = _classes(classes) or nifti_preset(preset).class_names
+        levels = MaskEncoding("levels", parse_levels(label_map, names)) if label_map else None
+        options = nifti_preset(
+            preset, class_names=names, label_map=levels, channels=channels, keep_empty_every=keep_empty_every, axis=axis,
+            upper_percentile=clip_percentile, image_suffix=image_suffix, mask_suffix=mask_suffix,
+            skip_unpaired=skip_unpaired or None, limit=limit,
+        )
+        spec = _output(out, client or src.name, image_size, mask_size, overwrite, append, progress)
+        return prepare_nifti(src, spec, options)
+
+    _run(job)
+
+
+@prepare_app.command("images")
+def images_command(
+    src: Src,
+    out: Out,
+    client: Client = None,
+    preset: Annotated[str | None, typer.Option(help="palette-disc-cup | grey-disc-cup | rgb-cup0-disc128 | disc-threshold | inverted-binary | binary | nonzero")] = None,
+    classes: Annotated[str | None, typer.Option(help="class names, comma separated (e.g. disc,cup)")] = None,
+    encoding: Annotated[str | None, typer.Option(help="levels | binary | threshold | nonzero")] = None,
+    levels: Annotated[str | None, typer.Option(help="mask value -> classes, e.g. '0=,1=disc,2=disc+cup'")] = None,
+    foreground_value: Annotated[int, typer.Option(help="binary: the foreground value (0 for inverted masks)")] = 255,
+    threshold: Annotated[float, typer.Option(help="threshold: foreground above it")] = 127.0,
+    invert: Annotated[bool, typer.Option(help="threshold: foreground below it")] = False,
+    nested: Annotated[bool | None, typer.Option(help="each class includes the later ones (disc includes cup)")] = None,
+    case_regex: Annotated[str | None, typer.Option(help="regex whose first group of the file stem is the case id")] = None,
+    mask_suffix: Annotated[str, typer.Option(help="suffix of mask stems to strip when pairing, e.g. _mask")] = "",
+    tile: Annotated[int | None, typer.Option(help="cut images into tiles of this side before resizing")] = None,
+    skip_unpaired: SkipUnpaired = False,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    append: Append = False,
+    progress: Progress = True,
+) -> None:
+    """2D images/ + masks/ with matching names (PNG, JPEG, TIFF, NIfTI); mask encodings by option."""
+    from fedfms.data.prepare.encodings import PRESETS, MaskEncoding, binary_encoding, parse_levels
+    from fedfms.data.prepare.images import ImageOptions, prepare_images
+
+    def job():
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown mask preset {preset!r}; known: {', '.join(PRESETS)}")
+        names, enc = PRESETS[preset] if preset else (["foreground"], PRESETS["nonzero"][1])
+        names = _classes(classes) or names
+        if encoding == "levels":
+            enc = MaskEncoding("levels", parse_levels(levels or "", names))
+        elif encoding == "binary":
+            enc = binary_encoding(foreground_value)
+        elif encoding in ("threshold", "nonzero"):
+            enc = MaskEncoding(encoding, threshold=threshold, invert=invert)
+        elif encoding is not None:
+            raise ValueError(f"unknown encoding {encoding!r}: levels, binary, threshold or nonzero")
+        options = ImageOptions(
+            names, enc, nested=len(names) > 1 if nested is None else nested, case_regex=case_regex,
+            mask_suffix=mask_suffix, skip_unpaired=skip_unpaired, tile=tile, limit=limit,
+        )
+        return prepare_images(src, _output(out, client or src.name, image_size, mask_size, overwrite, append, progress), options)
+
+    _run(job)
+
+
+@prepare_app.command("monuseg")
+def monuseg_command(
+    src: Annotated[Path, typer.Argument(help="an organ folder (one client) or the MoNuSeg root (one client per organ)", exists=True, file_okay=False)],
+    out: Out,
+    client: Client = None,
+    tile: Annotated[int | None, typer.Option(help="cut each tile into squares of this side (default: resize whole)")] = None,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """MoNuSeg: one PNG per nucleus -> binary nuclei mask (union); organs as clients."""
+    from fedfms.data.prepare.monuseg import organ_folders, prepare_monuseg
+
+    def job():
+        organs = organ_folders(src) or [src]
+        if client and len(organs) > 1:
+            raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder")
+        return [
+            prepare_monuseg(organ, _output(out, client or organ.name, image_size, mask_size, overwrite, False, progress), tile, limit)
+            for organ in organs
+        ]
+
+    _run(job)
+
+
+@prepare_app.command("synthetic")
+def synthetic_command(
+    out: Out,
+    clients: Annotated[int, typer.Option(help="number of sites")] = 4,
+    classes: Annotated[int, typer.Option(help="1 (disc) or 2 (disc + nested cup)")] = 1,
+    image_size: ImageSize = 64,
+    mask_size: MaskSize = 16,
+    samples: Annotated[int | None, typer.Option(help="samples per site (default: differs per site)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    raw: Annotated[str | None, typer.Option(help="write raw source files instead: nifti | png")] = None,
+) -> None:
+    """A synthetic multi-center federation (sites differ in intensity, contrast, noise, blur, bias, size)."""
+    from fedfms.data.synthetic import make_synthetic_federation, write_raw_federation
+
+    def job():
+        counts = [samples] * clients if samples else None
+        if raw:
+            if raw not in ("nifti", "png"):
+                raise ValueError(f"--raw must be nifti or png, not {raw!r}")
+            paths = write_raw_federation(out, raw, clients, classes, image_size, counts, seed)
+        else:
+            paths = make_synthetic_federation(out, clients, classes, image_size, mask_size, counts, seed)
+        return [f"{p}" for p in paths]
+
+    _run(job)

@@ -1,0 +1,54 @@
+"""The training dataset of one prepared client folder.
+
+Each item is read from two memory-mapped uint8 ``.npy`` files (no image decoding), scaled to
+float32 and, if the caller asks for other sizes than the stored ones, resized on load
+(image bilinear antialiased, mask nearest), so a client prepared at 1024/256 can feed a
+256/64 CPU model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fedfms.data.manifest import IMAGES_DIR, MASKS_DIR, ClientManifest, read_manifest
+from fedfms.data.resize import resize_image_tensor, resize_mask_tensor
+
+
+class ClientDataset(Dataset):
+    """Samples of one client: ``{"image": (3, S, S) float32 in [0, 1], "mask": (C, M, M) float32
+    in {0, 1}, "id": str}``; ``indices`` selects manifest samples (e.g. a train split)."""
+
+    def __init__(
+        self,
+        client_dir: Path,
+        indices: Sequence[int] | None = None,
+        image_size: int | None = None,
+        mask_size: int | None = None,
+    ):
+        self.client_dir = Path(client_dir)
+        self.manifest: ClientManifest = read_manifest(self.client_dir)
+        n = len(self.manifest.samples)
+        self.indices = list(range(n)) if indices is None else list(indices)
+        bad = [i for i in self.indices if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"{self.client_dir}: sample indices {bad[:5]} outside 0..{n - 1}")
+        self.image_size = image_size or self.manifest.image_size
+        self.mask_size = mask_size or self.manifest.mask_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
+        record = self.manifest.samples[self.indices[item]]
+        image = np.load(self.client_dir / IMAGES_DIR / f"{record.id}.npy", mmap_mode="r")
+        mask = np.load(self.client_dir / MASKS_DIR / f"{record.id}.npy", mmap_mode="r")
+        image_t = torch.from_numpy(np.array(image)).float().div_(255.0)
+        image_t = resize_image_tensor(image_t, self.image_size).clamp_(0.0, 1.0)
+        image_t = image_t.expand(3, -1, -1).contiguous()  # grey stored once, 3 copies on load
+        mask_t = resize_mask_tensor(torch.from_numpy(np.array(mask)), self.mask_size).float()
+        return {"image": image_t, "mask": mask_t, "id": record.id}

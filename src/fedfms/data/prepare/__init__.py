@@ -1,0 +1,26 @@
+"""Converters from the files hospitals have to prepared client folders, one module per source format:
+:mod:`~fedfms.data.prepare.nifti` (3D volumes), :mod:`~fedfms.data.prepare.images` (generic 2D
+images/ + masks/, fundus and prostate-slice mask encodings), :mod:`~fedfms.data.prepare.monuseg`
+(nuclei instance masks)."""
+
+from fedfms.data.prepare.common import OutputSpec, PrepareReport
+from fedfms.data.prepare.encodings import PRESETS as MASK_PRESETS
+from fedfms.data.prepare.encodings import MaskEncoding, binary_encoding, label_map_encoding, parse_levels
+from fedfms.data.prepare.images import ImageOptions, prepare_images
+from fedfms.data.prepare.monuseg import prepare_monuseg
+from fedfms.data.prepare.nifti import NiftiOptions, prepare_nifti
+
+__all__ = [
+    "MASK_PRESETS",
+    "ImageOptions",
+    "MaskEncoding",
+    "NiftiOptions",
+    "OutputSpec",
+    "PrepareReport",
+    "binary_encoding",
+    "label_map_encoding",
+    "parse_levels",
+    "prepare_images",
+    "prepare_monuseg",
+    "prepare_nifti",
+]

@@ -1,0 +1,42 @@
+"""Small real source files for the converter tests: NIfTI via nibabel, PNG via Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from fedfms.data.prepare import OutputSpec
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def save_png(path: Path, array: np.ndarray, **options) -> Path:
+    """Save with Pillow; the format follows the suffix (PNG, JPEG with ``quality=``...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return path
+
+
+def volume_pair(root: Path, case: str, depth: int = 6, size: int = 24, labels_value: int = 1, affine=None) -> tuple[Path, Path]:
+    """A grey volume (size, size, depth) in scanner units with a cube labelled ``labels_value``
+    in the middle slices (first and last slice empty)."""
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    image = rng.uniform(0, 500, size=(size, size, depth)).astype(np.float32)
+    labels = np.zeros((size, size, depth), dtype=np.uint8)
+    labels[6:18, 6:18, 1 : depth - 1] = labels_value
+    image[labels > 0] += 1000
+    return (
+        save_nifti(root / "images" / f"{case}.nii.gz", image, affine),
+        save_nifti(root / "labels" / f"{case}.nii.gz", labels, affine),
+    )
+
+
+def out_spec(tmp_path: Path, client: str = "site", image_size: int = 32, mask_size: int = 8, mode: str = "create") -> OutputSpec:
+    return OutputSpec(tmp_path / "prepared", client, image_size, mask_size, mode, progress=False)
