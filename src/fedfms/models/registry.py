@@ -1,0 +1,104 @@
+"""Models by name, which of their parameters train, and what travels to the server.
+
+Fine-tuning modes of the SAM segmenter (prompt encoder, mask decoder and class head train in
+every mode; the prompt encoder is part of the paper's counts, though prompt-free only its
+no-mask embedding receives a gradient):
+
+* ``sam`` (FedSAM): every parameter trains, image encoder included;
+* ``msa`` (FedMSA): image encoder frozen; its MSA adapters train;
+* ``lora``: image encoder frozen; LoRA branches on its q/k/v projections train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedfms.config import ModelConfig
+from fedfms.models.adapters import add_lora, add_msa_adapters, side_branch_names
+from fedfms.models.checkpoint import load_checkpoint_state, read_checkpoint_config
+from fedfms.models.sam import SamSegmenter, sam_config
+from fedfms.models.state import CheckpointError, check_state, copy_state
+from fedfms.models.weights import detect_format, load_pretrained
+
+
+def construct_model(cfg: ModelConfig) -> nn.Module:
+    """The architecture of ``cfg`` with fresh random weights and trainability set by its mode
+    (no checkpoint read; works under ``torch.device("meta")`` for cheap accounting)."""
+    if cfg.arch != "sam":
+        return _build_baseline(cfg)
+    model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes)
+    if cfg.mode == "msa":
+        add_msa_adapters(model.sam.vision_encoder, cfg.adapter_ratio)
+    elif cfg.mode == "lora":
+        add_lora(model.sam.vision_encoder, cfg.lora_rank, cfg.lora_alpha)
+    model.requires_grad_(True)
+    if cfg.mode != "sam":
+        model.sam.vision_encoder.requires_grad_(False)
+        for name in side_branch_names(model.sam.vision_encoder):
+            model.sam.vision_encoder.get_submodule(name).requires_grad_(True)
+    return model
+
+
+def _build_baseline(cfg: ModelConfig) -> nn.Module:
+    try:
+        from fedfms.models.baselines import build_baseline
+    except ModuleNotFoundError as err:
+        if err.name != "fedfms.models.baselines":
+            raise
+        raise NotImplementedError(
+            f"arch {cfg.arch!r} needs fedfms.models.baselines, which this installation lacks"
+        ) from None
+    return build_baseline(cfg.model_copy(update={"checkpoint": None}))
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model of ``cfg`` on CPU in train mode.
+
+    ``cfg.checkpoint`` ``None`` gives the randomly initialised ``-PT`` variant; otherwise the
+    weights come, strictly, from that local path: a fedfms checkpoint folder (the whole model),
+    or for SAM a Meta-format ``.pth`` or a transformers folder (the foundation model; head and
+    adapters stay freshly initialised). Forward: ``(B, 3, S, S)`` images in [0, 1] ->
+    ``(B, C, cfg.mask_size, cfg.mask_size)`` logits.
+    """
+    model = construct_model(cfg)
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint)
+        if detect_format(path) == "fedfms":
+            load_checkpoint_state(model, path, cfg)
+        elif isinstance(model, SamSegmenter):
+            load_pretrained(model, path, cfg.backbone)
+        else:
+            raise CheckpointError(f"{path}: arch {cfg.arch!r} loads only fedfms checkpoints")
+    return model.train()
+
+
+def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the model saved by :func:`save_checkpoint` from its folder alone.
+
+    Returns the model and its configuration, whose ``checkpoint`` is ``directory`` (so that
+    ``build_model`` of it rebuilds the same model again).
+    """
+    stored, _ = read_checkpoint_config(directory)
+    cfg = stored.model_copy(update={"checkpoint": Path(directory)})
+    return build_model(cfg), cfg
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters with ``requires_grad``, by name, sorted, detached: what travels each round."""
+    named = ((name, p.detach()) for name, p in model.named_parameters() if p.requires_grad)
+    return dict(sorted(named))
+
+
+def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the trainable parameters of ``model`` in place.
+
+    Strict: the names must be exactly those of :func:`trainable_state` with the same shapes,
+    otherwise :class:`CheckpointError` names the missing/unexpected keys or the shapes.
+    """
+    targets = trainable_state(model)
+    check_state(targets, state, "received trainable state")
+    copy_state(targets, state)
