@@ -60,7 +60,7 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Output folder (data, runs, report).")] = Path("runs/demo"),
     data: Annotated[Path | None, typer.Option(help="Prepared client folders to use instead of the synthetic federation.")] = None,
     unseen: Annotated[str | None, typer.Option(help="Unseen (test) client; default: the last one.")] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds (= centralized epochs).")] = 6,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds (= centralized epochs).")] = 20,
     image_size: Annotated[int, typer.Option(min=32, help="Input side of the tiny SAM.")] = 128,
     checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights for the model (default: random init).")] = None,
 ) -> None:

@@ -40,12 +40,12 @@ DEMO_RUNS = (DemoRun("FedMSA", True, "msa"), DemoRun("MSA", False, "msa"),
 class DemoSettings:
     """Defaults sized for 2 CPU cores and well under 10 minutes."""
 
-    rounds: int = 6
+    rounds: int = 20
     image_size: int = 128
     clients: int = 4
     samples_per_client: tuple[int, ...] = (36, 28, 44, 24)
     batch_size: int = 6
-    lr: float = 3e-4
+    lr: float = 1e-3
     backbone: str = "tiny"
     seed: int = 0
 

@@ -93,6 +93,8 @@ def console_line(summary: dict[str, Any], train_rows: list[dict[str, Any]]) -> s
     mean_loss = sum(loss) / len(loss) if loss else math.nan
     sent = sum(r.get("bytes_sent", 0) + r.get("bytes_received", 0) for r in train_rows) / 2**20
     failed = f" | failed: {', '.join(summary['failed'])}" if summary.get("failed") else ""
-    return (f"round {summary['round']}/{summary['rounds']} | loss {mean_loss:.4f} | "
-            f"val dice {summary['mean_val_dice']:.4f} | unseen dice {summary['unseen_dice']:.4f} | "
+    scores = "".join(f" | {name} {summary[key]:.4f}" for name, key in (("val dice", "mean_val_dice"),
+                                                                       ("unseen dice", "unseen_dice"))
+                     if not math.isnan(summary[key]))
+    return (f"round {summary['round']}/{summary['rounds']} | loss {mean_loss:.4f}{scores} | "
             f"{summary['seconds']:.1f} s | {sent:.2f} MiB exchanged{failed}")
