@@ -60,8 +60,8 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Output folder (data, runs, report).")] = Path("runs/demo"),
     data: Annotated[Path | None, typer.Option(help="Prepared client folders to use instead of the synthetic federation.")] = None,
     unseen: Annotated[str | None, typer.Option(help="Unseen (test) client; default: the last one.")] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds (= centralized epochs).")] = 20,
-    image_size: Annotated[int, typer.Option(min=32, help="Input side of the tiny SAM.")] = 128,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (= centralized epochs); default 30.")] = None,
+    image_size: Annotated[int | None, typer.Option(min=32, help="Input side of the tiny SAM; default 128.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights for the model (default: random init).")] = None,
 ) -> None:
     """Run FedMSA, MSA, FedSAM and SAM on a synthetic 4-site federation with the tiny SAM and
@@ -69,6 +69,6 @@ def demo_command(
     _setup_logging()
     from fedfms.experiments.demo import DemoSettings, run_demo
 
-    run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint,
-             settings=DemoSettings(rounds=rounds, image_size=image_size))
+    chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size)) if v is not None}
+    run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=DemoSettings(**chosen))
     typer.echo(f"report: {out / 'report.md'}")

@@ -40,7 +40,7 @@ DEMO_RUNS = (DemoRun("FedMSA", True, "msa"), DemoRun("MSA", False, "msa"),
 class DemoSettings:
     """Defaults sized for 2 CPU cores and well under 10 minutes."""
 
-    rounds: int = 20
+    rounds: int = 30
     image_size: int = 128
     clients: int = 4
     samples_per_client: tuple[int, ...] = (36, 28, 44, 24)
@@ -76,18 +76,22 @@ def demo_config(run: DemoRun, data_root: Path, unseen: str, out: Path, settings:
     )
 
 
-def _overlay_samples(run_dir: Path, unseen_dir: Path, count: int = 3) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    model, cfg = load_checkpoint(run_dir / "best_model")
-    model.eval()
-    dataset = ClientDataset(unseen_dir, image_size=cfg.image_size, mask_size=cfg.mask_size)
-    picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
-    samples = []
-    with torch.no_grad():
-        for index in picks:
-            item = dataset[int(index)]
-            logits = model(item["image"][None])[0]
-            samples.append((item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy(), (logits > 0).float().numpy()))
-    return samples
+def _unseen_predictions(run_dirs: dict[str, Path], unseen_dir: Path, count: int = 3) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``count`` samples of the unseen client spread over its data: images (N, S, S, 3),
+    truths (N, C, M, M) and each run's best-model prediction (N, C, M, M) at sigmoid > 0.5."""
+    predictions, images, truths = {}, None, None
+    for label, run_dir in run_dirs.items():
+        model, cfg = load_checkpoint(run_dir / "best_model")
+        model.eval()
+        dataset = ClientDataset(unseen_dir, image_size=cfg.image_size, mask_size=cfg.mask_size)
+        picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
+        batch = [dataset[int(i)] for i in picks]
+        stacked = torch.stack([item["image"] for item in batch])
+        with torch.no_grad():
+            predictions[label] = (model(stacked) > 0).float().numpy()
+        images = stacked.permute(0, 2, 3, 1).numpy()
+        truths = torch.stack([item["mask"] for item in batch]).numpy()
+    return images, truths, predictions
 
 
 def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None, settings: DemoSettings = DemoSettings(),
@@ -121,12 +125,7 @@ def write_demo_report(out: Path, results: dict[str, dict[str, Any]], unseen_dir:
     table = write_table(list(results.items()), out)
     run_dirs = [Path(r["run_dir"]) for r in results.values()]
     plot_dice_per_round(run_dirs, labels, out / "dice_per_round.png")
-    overlay, titles = [], []
-    for label in labels:
-        for sample in _overlay_samples(Path(results[label]["run_dir"]), unseen_dir, count=2):
-            overlay.append(sample)
-            titles.append(label)
-    plot_overlays(overlay, titles, out / "overlays.png")
+    plot_overlays(*_unseen_predictions(dict(zip(labels, run_dirs)), unseen_dir), out / "overlays.png")
     write_json(out / "results.json", results)
     unseen = next(iter(results.values()))["unseen"]
     lines = [

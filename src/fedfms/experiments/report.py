@@ -84,23 +84,27 @@ def plot_dice_per_round(run_dirs: Sequence[Path], labels: Sequence[str], path: P
     fig.savefig(path, dpi=120)
 
 
-def plot_overlays(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], titles: Sequence[str], path: Path) -> None:
-    """Rows of image | ground truth | prediction. Each sample: image (H, W, 3) in [0, 1],
-    truth and prediction (C, h, w) in {0, 1}; classes are drawn as coloured contours-like fills."""
+def plot_overlays(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], path: Path) -> None:
+    """One row per sample: image | ground truth | each model's prediction.
+
+    images: (N, H, W, 3) in [0, 1]; truths and every prediction: (N, C, h, w) in {0, 1}, drawn as
+    translucent colour fills (one colour per class) scaled onto the image.
+    """
     colours = np.array([[1.0, 0.2, 0.2], [0.2, 0.6, 1.0], [0.2, 1.0, 0.3]])
-    fig = Figure(figsize=(7.5, 2.5 * len(samples)))
-    axes = fig.subplots(len(samples), 3, squeeze=False)
-    for row, ((image, truth, pred), title) in enumerate(zip(samples, titles)):
-        for col, (mask, name) in enumerate(((None, "image"), (truth, "ground truth"), (pred, "prediction"))):
+    columns = [("image", None), ("ground truth", truths), *predictions.items()]
+    fig = Figure(figsize=(2.0 * len(columns), 2.0 * len(images)))
+    axes = fig.subplots(len(images), len(columns), squeeze=False)
+    for row, image in enumerate(images):
+        for col, (name, masks) in enumerate(columns):
             ax = axes[row][col]
             ax.imshow(image)
-            if mask is not None:
-                overlay = np.zeros((*mask.shape[1:], 4))
-                for c in range(mask.shape[0]):
-                    overlay[mask[c] > 0, :3] = colours[c % len(colours)]
-                    overlay[mask[c] > 0, 3] = 0.45
+            if masks is not None:
+                overlay = np.zeros((*masks.shape[2:], 4))
+                for c in range(masks.shape[1]):
+                    overlay[masks[row, c] > 0] = [*colours[c % len(colours)], 0.45]
                 ax.imshow(overlay, extent=(0, image.shape[1], image.shape[0], 0))
-            ax.set_title(f"{title}: {name}" if col == 0 else name, fontsize=8)
+            if row == 0:
+                ax.set_title(name, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
