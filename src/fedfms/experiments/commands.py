@@ -13,13 +13,15 @@ from fedfms.config import load_config
 
 
 def _setup_logging() -> None:
-    """Per-round lines of fedfms on stderr; Flower keeps its own console handler."""
+    """Per-round lines of fedfms on stderr; Flower's own console keeps warnings and errors only
+    (our round line already says who trained, who failed and what was exchanged)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     fedfms = logging.getLogger("fedfms")
     fedfms.addHandler(handler)
     fedfms.setLevel(logging.INFO)
     fedfms.propagate = False
+    logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
