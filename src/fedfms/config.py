@@ -41,7 +41,8 @@ class ModelConfig(_Strict):
     one of the baselines ``unet`` and ``nnunet`` (``backbone`` and ``mode`` do not apply).
     ``checkpoint`` is a local file or folder with pretrained weights (Meta's ``sam_vit_*.pth``,
     a MedSAM checkpoint, a transformers folder, or a fedfms checkpoint); ``None`` builds the
-    randomly initialised ``-PT`` variant.
+    randomly initialised ``-PT`` variant. ``nnunet_plan`` is filled in by the run itself, from
+    the clients' data fingerprints merged before planning (FednnU-Net); leave it unset.
     """
 
     arch: Architecture = "sam"
@@ -56,6 +57,7 @@ class ModelConfig(_Strict):
     unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     unet_res_units: int = Field(2, ge=0)
     nnunet_gpu_memory_gb: float = Field(8.0, gt=0)
+    nnunet_plan: dict[str, Any] | None = None
 
     @property
     def mask_size(self) -> int:

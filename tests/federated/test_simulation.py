@@ -93,3 +93,15 @@ def test_resume_after_a_killed_run_reaches_the_final_round(federation, tmp_path,
     assert rounds == list(range(1, 9)), f"killed after round {killed_at}, log has rounds {rounds}"
     assert json.loads((config.output_dir / "results.json").read_text())["rounds"] == 8
     assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
+
+
+def test_nnunet_is_planned_from_the_training_clients_merged_fingerprints(federation, tmp_path, run_config):
+    base = run_config(federation, tmp_path / "run", rounds=1)
+    config = base.model_copy(update={"model": base.model.model_copy(update={"arch": "nnunet"})})
+    results = simulate(config)
+    plan = results["model"]["nnunet_plan"]
+    split = load_split(config.output_dir / "split.json")
+    assert plan["fingerprint"]["num_samples"] == sum(len(ids) for ids in split.train.values())
+    assert plan["num_classes"] == 1 and plan["patch_size"] == [64, 64]
+    model, model_cfg = load_checkpoint(config.output_dir / "best_model")
+    assert model_cfg.nnunet_plan == plan

@@ -15,6 +15,7 @@ from fedfms.models import build_model, load_trainable_state, save_checkpoint, tr
 from fedfms.run.tracker import RunTracker
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
+from fedfms.train.planning import needs_plan, site_fingerprint, with_plan
 from fedfms.train.sites import Site, load_site, ordered_clients, save_run_split, score_site
 
 
@@ -33,6 +34,8 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     trainers = [s for s in sites if s.name != config.data.unseen]
     if not trainers:
         raise ValueError(f"{config.name}: no training client (all clients are the unseen one)")
+    if needs_plan(config):
+        config = with_plan(config, [site_fingerprint(s, config.model) for s in trainers])
     tracker = RunTracker(config, config.output_dir, kind="centralized", resume=resume)
     save_run_split(config)
     torch.manual_seed(config.train.seed)

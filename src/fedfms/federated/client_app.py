@@ -4,6 +4,7 @@ global model on my data (evaluate). Images and masks never leave this process.""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -17,6 +18,7 @@ from fedfms.federated.wire import from_record, to_record
 from fedfms.models import load_trainable_state, trainable_state
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
+from fedfms.train.planning import site_fingerprint
 from fedfms.train.sites import load_site, score_site
 
 logger = logging.getLogger("fedfms")
@@ -41,6 +43,16 @@ def query(msg: Message, context: Context) -> Message:
     _, site, _, model = _prepare(msg, context)
     info = ConfigRecord({**describe(site), P.FROZEN_DIGEST: frozen_digest(model)})
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
+
+
+@app.query("fingerprint")
+def fingerprint(msg: Message, context: Context) -> Message:
+    """nnU-Net planning: statistics of this site's training split (no pixels), see
+    :mod:`fedfms.train.planning`."""
+    config = _run_config(msg)
+    site = load_site(site_directory(context, config.data), config)
+    stats = site_fingerprint(site, config.model)
+    return Message(RecordDict({P.INFO: ConfigRecord({P.FINGERPRINT: json.dumps(stats.to_dict())})}), reply_to=msg)
 
 
 @app.train()

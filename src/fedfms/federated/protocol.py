@@ -5,6 +5,8 @@ no copy of the YAML: only its data folder (and, for pretrained runs, the SAM wei
 
 - QUERY  server -> node: ``config`` {run-config}; reply ``info`` ConfigRecord (see
   :func:`fedfms.federated.site.describe`) plus ``frozen-digest``.
+- QUERY ``query.fingerprint`` (nnU-Net runs only) server -> training node: ``config``
+  {run-config}; reply ``info`` {fingerprint: JSON of the site's data fingerprint}.
 - TRAIN  server -> node: ``arrays`` (global trainable tensors), ``config`` {run-config,
   server-round, [proximal-mu]}; reply ``arrays`` (local trainable tensors), ``metrics``
   {num-examples (training samples: the FedAvg weight), train-loss, train-seconds, train-steps}.
@@ -20,4 +22,5 @@ CONFIG = "config"
 METRICS = "metrics"
 INFO = "info"
 FROZEN_DIGEST = "frozen-digest"
+FINGERPRINT = "fingerprint"
 NUM_EXAMPLES = "num-examples"

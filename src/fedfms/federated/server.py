@@ -26,7 +26,9 @@ from fedfms.federated import protocol as P
 from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import UpdateRejected, check_update, from_record, record_shapes, to_record
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
+from fedfms.models.baselines import DataFingerprint
 from fedfms.run.tracker import RunTracker
+from fedfms.train.planning import needs_plan, with_plan
 
 logger = logging.getLogger("fedfms")
 
@@ -96,6 +98,22 @@ def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
     return sorted(nodes, key=lambda n: n.client)
 
 
+def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) -> list[DataFingerprint]:
+    """Every training client's data fingerprint (for nnU-Net planning); all must answer."""
+    messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n.node_id,
+                        message_type=f"{MessageType.QUERY}.fingerprint") for n in trainers]
+    by_id = {n.node_id: n for n in trainers}
+    fingerprints, errors = [], []
+    for reply in grid.send_and_receive(messages, timeout=config.federation.connect_timeout_s):
+        if reply.has_error():
+            errors.append(f"{by_id[reply.metadata.src_node_id].label()}: {reply.error.reason}")
+            continue
+        fingerprints.append(DataFingerprint.from_dict(json.loads(str(reply.content[P.INFO][P.FINGERPRINT]))))
+    if errors or len(fingerprints) != len(trainers):
+        raise FederationError("nnU-Net planning needs every training client's fingerprint: " + "; ".join(errors))
+    return fingerprints
+
+
 def _screen(replies: list[Message], by_id: dict[int, Node], shapes: dict[str, tuple[int, ...]]) -> tuple[list[Message], list[str]]:
     """Keep the replies that can be aggregated; describe the others."""
     valid, failed = [], []
@@ -159,11 +177,13 @@ def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what
 
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``config``; returns ``results.json``."""
-    tracker = RunTracker(config, run_dir, kind="federated", resume=resume)
     nodes = meet_nodes(grid, config, expected_nodes)
     trainers = [n for n in nodes if n.client != config.data.unseen]
     if not trainers:
         raise FederationError("no training client: every connected client is the unseen one")
+    if needs_plan(config):
+        config = with_plan(config, collect_fingerprints(grid, trainers, config))
+    tracker = RunTracker(config, run_dir, kind="federated", resume=resume)
     by_id = {n.node_id: n for n in nodes}
     logger.info("clients: %s", ", ".join(f"{n.client} ({'unseen' if n not in trainers else f'{n.num_train} train / {n.num_val} val'})"
                                           for n in nodes))
