@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from fedfms.data.cli import prepare_app
-from fedfms.experiments.commands import demo_command, train_command
+from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
 from fedfms.models.cli import models_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -14,6 +14,8 @@ app.command("models")(models_command)
 app.add_typer(prepare_app, name="prepare")
 app.command("train")(train_command)
 app.command("demo")(demo_command)
+app.command("experiment")(experiment_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

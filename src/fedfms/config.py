@@ -164,14 +164,15 @@ class ConfigError(ValueError):
     """A configuration file or override is malformed; the message names the file and the key."""
 
 
+def _problems(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors())
+
+
 def _validate(tree: dict[str, Any], source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {_problems(err)}") from None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -189,3 +190,47 @@ def load_config(path: str | Path) -> RunConfig:
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write ``config`` as YAML (the form :func:`load_config` reads back)."""
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+class ExperimentConfig(_Strict):
+    """A matrix of leave-one-client-out runs (the paper's Table 1 for one dataset).
+
+    ``base`` is a run configuration without ``name``, ``output_dir`` and ``data.unseen``;
+    every cell takes it, sets the model of its row (see :mod:`fedfms.experiments.matrix`) and
+    one unseen client, and writes to ``output_dir/<row>/<unseen>/``. ``backbones`` says which
+    SAM backbone the rows' ``base`` (SAM, MSA) and ``large`` (MSA-L) sizes mean (ViT-B and ViT-L
+    as in the paper; ``tiny`` for a quick CPU matrix). ``weights`` gives the pretrained SAM
+    file per backbone for the rows that start from SAM. ``unseen`` lists the
+    folds (default: every client). ``paper`` names the dataset of the paper's Table 1 whose
+    figures a report shows beside ours.
+    """
+
+    name: str
+    output_dir: Path
+    base: dict[str, Any]
+    models: list[str]
+    backbones: dict[Literal["base", "large"], Backbone] = {"base": "vit_b", "large": "vit_l"}
+    weights: dict[Backbone, Path] = {}
+    unseen: list[str] | None = None
+    baseline_image_size: int | None = Field(None, ge=32)
+    paper: Literal["prostate", "brain_tumour", "fundus", "nuclei"] | None = None
+
+    @model_validator(mode="after")
+    def _base_is_a_run(self) -> ExperimentConfig:
+        for key in ("name", "output_dir"):
+            if key in self.base:
+                raise ValueError(f"base.{key} is set per cell; remove it")
+        _validate({**self.base, "name": self.name}, source="base")
+        return self
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read an experiment YAML; errors name the file and the key."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+        return ExperimentConfig.model_validate(tree)
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read experiment: {err}") from None
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {_problems(err)}") from None

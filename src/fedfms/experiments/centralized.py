@@ -62,7 +62,7 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     load_trainable_state(model, tracker.best_trainable())
     final_rows = _eval_rows(model, sites, config, tracker.best_round or 0)
     save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round)})
-    return tracker.finish(final_rows, {
+    return tracker.finish(final_rows, sites[0].manifest.class_names, {
         "trainable_parameters": sum(v.numel() for v in trainable_state(model).values()),
         "clients_info": {s.name: {"train": len(s.train), "val": len(s.val), "samples": len(s.manifest.samples)}
                          for s in sites},

@@ -74,3 +74,30 @@ def demo_command(
     chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size)) if v is not None}
     run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=DemoSettings(**chosen))
     typer.echo(f"report: {out / 'report.md'}")
+
+
+def experiment_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment configuration (YAML, see configs/).")],
+) -> None:
+    """Run a dataset's matrix of models x unseen clients (the paper's Table 1); finished cells
+    are skipped, interrupted ones resumed; then write the report into OUTPUT_DIR/report."""
+    _setup_logging()
+    from fedfms.config import load_experiment
+    from fedfms.experiments.matrix import run_matrix
+    from fedfms.experiments.report import write_loco_report
+
+    experiment = load_experiment(config)
+    run_matrix(experiment)
+    typer.echo(write_loco_report([experiment.output_dir], experiment.output_dir / "report", experiment.paper))
+
+
+def report_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders, or folders holding runs.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the report (default: the first RUN_DIR/report).")] = None,
+    paper: Annotated[str | None, typer.Option(help="Show the paper's Table 1 rows of: prostate, brain_tumour, fundus, nuclei.")] = None,
+) -> None:
+    """Table 1 (Markdown + CSV) and plots from finished runs: test Dice/IoU of each unseen client
+    per model, with the paper's figures beside ours (--paper)."""
+    from fedfms.experiments.report import write_loco_report
+
+    typer.echo(write_loco_report(run_dirs, out or run_dirs[0] / "report", paper))

@@ -19,6 +19,7 @@ from fedfms.experiments.report import load_results, plot_dice_per_round, plot_ov
 from fedfms.federated.simulation import simulate
 from fedfms.models import load_checkpoint
 from fedfms.run.log import write_json
+from fedfms.run.state import LATEST
 
 logger = logging.getLogger("fedfms")
 
@@ -113,7 +114,7 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
         else:
             logger.info("=== %s (%s, mode %s), unseen client %s ===", run.label,
                         "federated" if run.federated else "centralized", run.mode, unseen)
-            resume = (config.output_dir / "checkpoints").exists()
+            resume = (config.output_dir / "checkpoints" / LATEST).exists()
             (simulate if run.federated else train_centralized)(config, resume=resume)
         results[run.label] = load_results(config.output_dir)
     return write_demo_report(out, results, [c for c in clients if c.name == unseen][0])

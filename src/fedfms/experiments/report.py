@@ -7,10 +7,12 @@ import csv
 import json
 import math
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure
 
 from fedfms.run.log import read_rows
@@ -54,7 +56,10 @@ def table_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], l
 
 def write_table(runs: Sequence[tuple[str, dict[str, Any]]], out_dir: Path) -> str:
     """Write ``table.md`` and ``table.csv`` for (label, results) runs; return the Markdown."""
-    header, rows = table_rows(runs)
+    return _write_table_files(*table_rows(runs), out_dir)
+
+
+def _write_table_files(header: list[str], rows: list[list[str]], out_dir: Path) -> str:
     with (out_dir / "table.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -108,3 +113,129 @@ def plot_overlays(images: np.ndarray, truths: np.ndarray, predictions: dict[str,
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+PAPER_TABLE1 = "paper_table1.yaml"
+
+
+def paper_table1() -> dict[str, Any]:
+    """The paper's Table 1 (transcribed; dataset -> model -> client -> scores in [0, 1])."""
+    return yaml.safe_load(resources.files("fedfms.experiments").joinpath(PAPER_TABLE1).read_text())
+
+
+def find_cells(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every finished run (folder with results.json) at or below ``paths``."""
+    cells = [load_results(found.parent) for path in paths for found in sorted(Path(path).rglob(RESULTS))]
+    if not cells:
+        raise FileNotFoundError(f"no finished run ({RESULTS}) under {', '.join(map(str, paths))}")
+    return cells
+
+
+def _loco_header(clients: list[str], class_names: list[str]) -> list[str]:
+    groups = [f"{c} {k}" if len(class_names) > 1 else c for c in [*clients, "Average"] for k in class_names]
+    return ["Model"] + [f"{g} {m}" for g in groups for m in ("Dice", "IoU")]
+
+
+def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """Table 1 layout: one row per model (a run's ``name``), for each unseen client its test Dice
+    and IoU in % (per class when there are several, e.g. disc and cup), and the average over
+    clients. With ``paper``, the paper's row follows each of ours where it reports that model."""
+    labels = list(dict.fromkeys(c["name"] for c in cells))
+    clients = list(dict.fromkeys(c["unseen"] for c in cells))
+    class_names = cells[0]["class_names"]
+    table = paper_table1()
+    if paper is not None and paper not in table:
+        raise ValueError(f"the paper's Table 1 has no dataset {paper!r}; choose one of {', '.join(table)}")
+    reported = table[paper] if paper else {}
+    by_cell = {(c["name"], c["unseen"]): c["clients"][c["unseen"]] for c in cells}
+    rows = []
+    for label in labels:
+        ours = [[(by_cell[(label, u)]["dice_per_class"][k], by_cell[(label, u)]["iou_per_class"][k])
+                 if (label, u) in by_cell else (math.nan, math.nan) for k in range(len(class_names))] for u in clients]
+        rows.append([label, *_score_cells(ours, average=True)])
+        if label in reported:
+            theirs = [[_paper_score(reported[label], name, cls, len(class_names)) for cls in class_names]
+                      for name in [*clients, "Average"]]
+            rows.append([f"{label} (paper)", *_score_cells(theirs, average=False)])
+    return _loco_header(clients, class_names), rows
+
+
+def _paper_score(model: dict[str, Any], client: str, cls: str, num_classes: int) -> tuple[float, float]:
+    entry = model.get(client)
+    if entry is None:
+        return math.nan, math.nan
+    entry = entry.get(cls, {}) if num_classes > 1 else entry
+    return entry.get("dice", math.nan), entry.get("iou", math.nan)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _score_cells(per_client: list[list[tuple[float, float]]], average: bool) -> list[str]:
+    """Formatted Dice/IoU per client (outer list) and class (inner list); with ``average``, the
+    mean over the clients that have a score is appended as a last client."""
+    if average:
+        classes = range(len(per_client[0]))
+        per_client = [*per_client, [(_nanmean([c[k][0] for c in per_client]), _nanmean([c[k][1] for c in per_client]))
+                                    for k in classes]]
+    return [_fmt(v) for client in per_client for pair in client for v in pair]
+
+
+def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> None:
+    """One panel per unseen client: its Dice per round under each model."""
+    clients = list(dict.fromkeys(c["unseen"] for c in cells))
+    fig = Figure(figsize=(4.2 * len(clients), 3.4))
+    axes = fig.subplots(1, len(clients), squeeze=False, sharey=True)
+    for ax, client in zip(axes[0], clients):
+        for cell in (c for c in cells if c["unseen"] == client):
+            rows = [r for r in read_rows(Path(cell["run_dir"])) if r["kind"] == "eval" and r["client"] == client]
+            ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, label=cell["name"])
+        ax.set_title(f"unseen: {client}")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Dice")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: test Dice (mean over classes) of each unseen client under each model."""
+    labels = list(dict.fromkeys(c["name"] for c in cells))
+    clients = list(dict.fromkeys(c["unseen"] for c in cells))
+    dice = {(c["name"], c["unseen"]): c["clients"][c["unseen"]]["dice"] for c in cells}
+    fig = Figure(figsize=(max(5.0, 1.1 * len(clients) * max(1, len(labels)) / 2), 3.4))
+    ax = fig.subplots()
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        ax.bar(np.arange(len(clients)) + i * width, [dice.get((label, c), np.nan) for c in clients], width, label=label)
+    ax.set_xticks(np.arange(len(clients)) + 0.4 - width / 2, clients)
+    ax.set_ylabel("Dice (unseen client)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = None) -> str:
+    """``fedfms report``: table.md/csv, unseen_dice_per_round.png, client_bars.png and
+    report.md in ``out`` from every finished run under ``run_dirs``; returns the Markdown table."""
+    cells = find_cells(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = loco_table(cells, paper)
+    markdown = _write_table_files(header, rows, out)
+    plot_unseen_dice(cells, out / "unseen_dice_per_round.png")
+    plot_client_bars(cells, out / "client_bars.png")
+    protocols = sorted({c["evaluation"]["protocol"] for c in cells})
+    note = (f"Dice and IoU in % on each unseen client (leave-one-client-out), metric protocol: "
+            f"{', '.join(protocols)}; {len(cells)} runs.")
+    if paper:
+        note += " Rows marked (paper) are the FedFMS paper's Table 1, reference protocol."
+    (out / "report.md").write_text("\n".join([
+        "# fedfms report", "", note, "", markdown, "",
+        "![Unseen-client Dice per round](unseen_dice_per_round.png)", "",
+        "![Unseen-client Dice per model](client_bars.png)", ""]))
+    return markdown

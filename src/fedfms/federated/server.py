@@ -227,7 +227,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     final_rows, _ = _evaluate(grid, nodes, to_record(best), config, tracker.best_round or 0, timeout)
     load_trainable_state(model, best)
     save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round)})
-    return tracker.finish(final_rows, {
+    return tracker.finish(final_rows, nodes[0].class_names, {
         "trainable_parameters": sum(v.numel() for v in best.values()),
         "bytes_per_client_per_round": {"sent": arrays.count_bytes(), "received": arrays.count_bytes()},
         "clients_info": {n.client: {"train": n.num_train, "val": n.num_val, "samples": n.num_samples} for n in nodes},

@@ -14,7 +14,7 @@ import torch
 
 from fedfms.config import RunConfig, save_config
 from fedfms.run.log import RunLog, console_line, round_summary, write_json
-from fedfms.run.state import ResumeError, RoundState, load_best, load_latest, save_round
+from fedfms.run.state import LATEST, ResumeError, RoundState, load_best, load_latest, save_round
 
 logger = logging.getLogger("fedfms")
 RESULTS = "results.json"
@@ -42,9 +42,11 @@ class RunTracker:
         self.resumed: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         if resume:
             self._resume()
-        elif (run_dir / "checkpoints").exists():
+        elif (run_dir / "checkpoints" / LATEST).exists():
             raise ResumeError(f"{run_dir} already holds a run; pass --resume to continue it, "
                               "or choose another output folder")
+        else:
+            self.log.truncate_after(0)  # rows of an attempt that died before its first checkpoint
         save_config(config, run_dir / "config.yaml")
 
     def _resume(self) -> None:
@@ -84,9 +86,10 @@ class RunTracker:
         trainable, _ = load_best(self.run_dir)
         return trainable
 
-    def finish(self, final_rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, final_rows: list[dict[str, Any]], class_names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
         """Write ``results.json``: the best round's scores per client, and run facts."""
         results = {
+            "class_names": class_names,
             "name": self.config.name,
             "kind": self.kind,
             "unseen": self.config.data.unseen,

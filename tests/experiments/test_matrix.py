@@ -1,0 +1,69 @@
+"""The experiment matrix (model row x unseen client) with skip/resume, and its report."""
+
+import pytest
+from PIL import Image
+
+from fedfms.config import ExperimentConfig
+from fedfms.data import make_synthetic_federation
+from fedfms.experiments.matrix import cell_config, run_matrix
+from fedfms.experiments.report import loco_table, write_loco_report
+from fedfms.run.log import read_rows
+
+pytestmark = pytest.mark.slow
+
+
+def _experiment(tmp_path, unseen):
+    root = tmp_path / "data"
+    if not root.exists():
+        make_synthetic_federation(root, num_clients=3, num_classes=1, image_size=64, mask_size=16,
+                                  samples_per_client=(8, 8, 8), seed=2)
+    return ExperimentConfig(
+        name="toy", output_dir=tmp_path / "runs", models=["FedMSA-PT", "MSA-PT"], unseen=unseen,
+        backbones={"base": "tiny", "large": "tiny"}, paper="prostate",
+        base={"model": {"num_classes": 1, "image_size": 64}, "data": {"root": str(root)},
+              "train": {"batch_size": 4, "lr": 1e-3}, "federation": {"rounds": 2}},
+    )
+
+
+def test_matrix_skips_finished_cells_resumes_interrupted_ones_and_reports(tmp_path):
+    first = run_matrix(_experiment(tmp_path, ["site-A"]))  # as if the matrix had stopped after fold 1
+    finished = first[0] / "results.json"
+    stamp = finished.stat().st_mtime
+    interrupted = first[1]
+    (interrupted / "results.json").unlink()  # killed after its last checkpoint, before the final test
+
+    cells = run_matrix(_experiment(tmp_path, ["site-A", "site-C"]))
+    assert [c.relative_to(tmp_path / "runs").as_posix() for c in cells] == [
+        "FedMSA-PT/site-A", "MSA-PT/site-A", "FedMSA-PT/site-C", "MSA-PT/site-C"]
+    assert all((c / "results.json").exists() for c in cells)
+    assert finished.stat().st_mtime == stamp
+    assert [r["round"] for r in read_rows(interrupted) if r["kind"] == "round"] == [1, 2]
+
+    markdown = write_loco_report([tmp_path / "runs"], tmp_path / "report", paper="prostate")
+    lines = markdown.splitlines()
+    assert lines[0] == ("| Model | site-A Dice | site-A IoU | site-C Dice | site-C IoU | Average Dice | Average IoU |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| FedMSA-PT", "| FedMSA-PT (paper)", "| MSA-PT", "| MSA-PT (paper)"]
+    assert lines[3].endswith("| 52.00 | 49.10 |")  # the paper's prostate FedMSA (-PT) average
+    for png in ("unseen_dice_per_round.png", "client_bars.png"):
+        with Image.open(tmp_path / "report" / png) as image:
+            assert image.size[0] > 300
+
+
+def test_pretrained_rows_need_weights_and_baselines_take_their_own_size(tmp_path):
+    experiment = _experiment(tmp_path, ["site-A"]).model_copy(update={"baseline_image_size": 32})
+    with pytest.raises(ValueError, match="weights.tiny"):
+        cell_config(experiment, "FedMSA", "site-A")
+    unet = cell_config(experiment, "FednnU-Net", "site-A")
+    assert unet.model.arch == "nnunet" and unet.model.image_size == 32 and unet.data.unseen == "site-A"
+    with pytest.raises(ValueError, match="unknown model row"):
+        cell_config(experiment, "FedGPT", "site-A")
+
+
+def test_multi_class_table_has_a_column_per_class(tmp_path):
+    cells = [{"name": "FedSAM", "unseen": "REFUGE", "class_names": ["disc", "cup"],
+              "clients": {"REFUGE": {"dice_per_class": [0.9, 0.8], "iou_per_class": [0.85, 0.7]}}}]
+    header, rows = loco_table(cells, paper="fundus")
+    assert header[1:5] == ["REFUGE disc Dice", "REFUGE disc IoU", "REFUGE cup Dice", "REFUGE cup IoU"]
+    assert rows[0][1:5] == ["90.00", "85.00", "80.00", "70.00"]
+    assert rows[1][0] == "FedSAM (paper)" and rows[1][1:5] == ["86.90", "77.20", "87.30", "78.10"]
