@@ -1,0 +1,36 @@
+"""Every configuration in configs/ loads, and the paper's matrices build every cell."""
+
+from pathlib import Path
+
+import pytest
+
+from fedfms.config import ConfigError, load_config, load_experiment
+from fedfms.experiments.matrix import cell_config, folds
+from fedfms.experiments.report import paper_table1
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PAPER_MATRICES = ("prostate", "brain_tumour", "fundus", "nuclei")
+
+
+@pytest.mark.parametrize("name", PAPER_MATRICES)
+def test_paper_matrix_has_every_table1_model_and_client(name):
+    experiment = load_experiment(CONFIGS / f"{name}.yaml")
+    reported = paper_table1()[name]
+    assert set(experiment.models) == set(reported)
+    paper_clients = set(next(iter(reported.values()))) - {"Average"}
+    assert set(folds(experiment)) == paper_clients
+    cells = [cell_config(experiment, m, u) for u in folds(experiment) for m in experiment.models]
+    assert {c.model.backbone for c in cells if c.model.arch == "sam"} == {"vit_b", "vit_l"}
+    assert all(c.train.batch_size == 6 and c.train.lr == 1e-4 and c.federation.rounds == 100 for c in cells)
+
+
+@pytest.mark.parametrize("name", ["demo", "prostate_fedmsa"])
+def test_run_configs_load(name):
+    assert load_config(CONFIGS / f"{name}.yaml").name
+
+
+def test_a_typo_in_a_config_is_an_error_naming_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {root: x}\ntrain: {batch_sise: 4}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.batch_sise: Extra inputs"):
+        load_config(path)
