@@ -83,5 +83,5 @@ def test_screen_names_the_client_of_a_nan_or_misshapen_update_and_keeps_the_othe
                _reply({"w": torch.ones(3)}, 4, 3)]
     valid, failed = _screen(replies, nodes, shapes)
     assert [r.metadata.src_node_id for r in valid] == [1]
-    assert any(f.startswith("nan-site: update rejected") and "NaN or Inf" in f for f in failed)
-    assert any(f.startswith("shape-site: update rejected") and "shape (3,)" in f for f in failed)
+    assert any(f.startswith("nan-site (train): update rejected") and "NaN or Inf" in f for f in failed)
+    assert any(f.startswith("shape-site (train): update rejected") and "shape (3,)" in f for f in failed)

@@ -69,11 +69,25 @@ def _write_table_files(header: list[str], rows: list[list[str]], out_dir: Path) 
     return markdown
 
 
+def _round_panels(count: int) -> tuple[Figure, list]:
+    fig = Figure(figsize=(4.2 * count, 3.4))
+    return fig, list(fig.subplots(1, count, squeeze=False, sharey=True)[0])
+
+
+def _save_round_panels(fig: Figure, axes: list, path: Path) -> None:
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot_dice_per_round(run_dirs: Sequence[Path], labels: Sequence[str], path: Path) -> None:
     """One panel per run: Dice of the global model per round for each client."""
-    fig = Figure(figsize=(4.2 * len(run_dirs), 3.4))
-    axes = fig.subplots(1, len(run_dirs), squeeze=False, sharey=True)
-    for ax, run_dir, label in zip(axes[0], run_dirs, labels):
+    fig, axes = _round_panels(len(run_dirs))
+    for ax, run_dir, label in zip(axes, run_dirs, labels):
         rows = [r for r in read_rows(run_dir) if r["kind"] == "eval"]
         for client in sorted({r["client"] for r in rows}):
             mine = [r for r in rows if r["client"] == client]
@@ -81,12 +95,7 @@ def plot_dice_per_round(run_dirs: Sequence[Path], labels: Sequence[str], path: P
             ax.plot([r["round"] for r in mine], [r["dice"] for r in mine], style, marker="o", ms=3,
                     label=f"{client}{' (unseen)' if mine[0]['role'] == 'unseen' else ''}")
         ax.set_title(label)
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Dice")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_round_panels(fig, axes, path)
 
 
 def plot_overlays(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], path: Path) -> None:
@@ -186,19 +195,13 @@ def _score_cells(per_client: list[list[tuple[float, float]]], average: bool) -> 
 def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> None:
     """One panel per unseen client: its Dice per round under each model."""
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
-    fig = Figure(figsize=(4.2 * len(clients), 3.4))
-    axes = fig.subplots(1, len(clients), squeeze=False, sharey=True)
-    for ax, client in zip(axes[0], clients):
+    fig, axes = _round_panels(len(clients))
+    for ax, client in zip(axes, clients):
         for cell in (c for c in cells if c["unseen"] == client):
             rows = [r for r in read_rows(Path(cell["run_dir"])) if r["kind"] == "eval" and r["client"] == client]
             ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, label=cell["name"])
         ax.set_title(f"unseen: {client}")
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Dice")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_round_panels(fig, axes, path)
 
 
 def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> None:

@@ -114,20 +114,24 @@ def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) ->
     return fingerprints
 
 
+def _failure(failed: list[str], node: Node, what: str, reason: str) -> None:
+    """Record (for the round's log row) and log that ``node`` failed at ``what``."""
+    failed.append(f"{node.client} ({what}): {reason}")
+    logger.warning("%s failed to %s: %s", node.label(), what, reason)
+
+
 def _screen(replies: list[Message], by_id: dict[int, Node], shapes: dict[str, tuple[int, ...]]) -> tuple[list[Message], list[str]]:
     """Keep the replies that can be aggregated; describe the others."""
     valid, failed = [], []
     for reply in replies:
         node = by_id[reply.metadata.src_node_id]
         if reply.has_error():
-            failed.append(f"{node.client}: {reply.error.reason}")
-            logger.warning("%s failed: %s", node.label(), reply.error.reason)
+            _failure(failed, node, "train", reply.error.reason)
             continue
         try:
             check_update(reply.content[P.ARRAYS], shapes)
         except UpdateRejected as err:
-            failed.append(f"{node.client}: update rejected: {err}")
-            logger.warning("%s: update rejected: %s", node.label(), err)
+            _failure(failed, node, "train", f"update rejected: {err}")
             continue
         valid.append(reply)
     return valid, failed
@@ -145,8 +149,7 @@ def _evaluate(grid: Grid, nodes: list[Node], arrays: ArrayRecord, config: RunCon
     for reply in replies:
         node = by_id[reply.metadata.src_node_id]
         if reply.has_error():
-            failed.append(f"{node.client} (evaluate): {reply.error.reason}")
-            logger.warning("%s failed to evaluate: %s", node.label(), reply.error.reason)
+            _failure(failed, node, "evaluate", reply.error.reason)
             continue
         m = reply.content[P.METRICS]
         rows.append({
@@ -171,8 +174,7 @@ def _missing(value: Any) -> Any:
 def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what: str) -> None:
     for node in nodes:
         if node.node_id not in answered:
-            failed.append(f"{node.client} ({what}): no reply before the timeout")
-            logger.warning("%s: no %s reply before the timeout", node.label(), what)
+            _failure(failed, node, what, "no reply before the timeout")
 
 
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False) -> dict[str, Any]:
