@@ -7,6 +7,8 @@ import typer
 
 from fedfms.data.cli import prepare_app
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
+from fedfms.experiments.efficiency import efficiency_command
+from fedfms.experiments.predict import predict_command
 from fedfms.models.cli import models_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -16,6 +18,8 @@ app.command("train")(train_command)
 app.command("demo")(demo_command)
 app.command("experiment")(experiment_command)
 app.command("report")(report_command)
+app.command("efficiency")(efficiency_command)
+app.command("predict")(predict_command)
 
 
 def main() -> None:

@@ -1,0 +1,321 @@
+"""``fedfms predict``: apply a trained model (a fedfms checkpoint folder, e.g. a run's
+``best_model``) to new scans, and write masks beside nothing else.
+
+Preprocessing is the one of ``fedfms prepare``, with its own functions:
+
+* NIfTI volume ``(X, Y, Z)`` (a trailing axis of 1 is accepted): per volume, clip at the
+  ``upper_percentile`` (99th) and min-max to [0, 1]; slice along ``axis``; grey -> 3 channels by
+  ``copy`` or ``neighbours`` (slices k-1, k, k+1);
+* 2D image (PNG, JPEG, TIFF, BMP): 8-bit / 255, other depths clipped and min-max per image;
+  grey repeated to 3 channels;
+* then each slice is stretched to the model's ``(S, S)`` (bilinear, antialiased) and quantised
+  to 1/255 steps, exactly as a prepared client stores it and the training loader reads it.
+
+Prediction: logits ``(N, C, M, M)`` per batch of slices -> sigmoid -> probabilities resized back
+to the slice's own ``(H, W)`` by bilinear interpolation (smooth borders, no 4x blocks from the
+256 px decoder output) -> ``> threshold``.
+
+Outputs (one per input, same file name, in the output folder; written to a temporary file and
+renamed, so a failure leaves no partial file):
+
+* NIfTI in -> NIfTI label volume of the input's shape, affine and header, uint8: class ``c``
+  (0-based) is value ``c + 1`` and later classes overwrite earlier ones (nested optic disc /
+  cup gives 0 / 1 / 2). ``multi_channel``: ``(X, Y, Z, C)`` of {0, 1}, overlaps kept.
+* image in -> ``<stem>.png`` of the input's size: a palette PNG whose pixel values are the same
+  labels (0 background, ``c + 1``) and whose palette shows them in colour. ``multi_channel``:
+  ``<stem>_class<c+1>.png`` per class, 0 / 255.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+
+from fedfms.data.prepare.intensity import clip_and_scale, image_to_unit
+from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file, read_image, split_suffix
+from fedfms.data.prepare.nifti import Channels, slice_channels
+from fedfms.data.validate import Problems, check_finite
+
+if TYPE_CHECKING:
+    import torch
+
+#: Colours of labels 0..7 in the PNG palette (background black); later labels repeat them.
+_COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 255)]
+_PALETTE = [v for i in range(256) for v in _COLOURS[i % len(_COLOURS)]]
+
+
+class PredictError(ValueError):
+    """An input that cannot be predicted (or an output that cannot be written); names the file."""
+
+
+def labels_from_masks(masks: np.ndarray) -> np.ndarray:
+    """``(C, ...)`` bool -> ``(...)`` uint8 labels: class c is c + 1, later classes on top."""
+    labels = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for c, mask in enumerate(masks):
+        labels[mask] = c + 1
+    return labels
+
+
+def _raise_problems(problems: Problems) -> None:
+    if problems:
+        raise PredictError("; ".join(str(p) for p in problems.items))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a hidden temporary sibling of ``path`` with the same suffix, then rename."""
+    suffix = split_suffix(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_volume(path: Path) -> tuple[Any, np.ndarray]:
+    """A NIfTI file -> (its nibabel image, its voxels ``(X, Y, Z)`` float32); a volume with a
+    trailing axis of 1 is accepted. Raises :class:`PredictError` naming the file."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = img.shape[:3] if len(img.shape) == 4 and img.shape[3] == 1 else img.shape
+        data = img.get_fdata(dtype=np.float32).reshape(shape) if len(shape) == 3 else None
+    except Exception as err:  # noqa: BLE001 - nibabel and zlib raise many kinds for bad files
+        raise PredictError(f"{path}: unreadable or truncated NIfTI file ({type(err).__name__}: {err})") from err
+    if data is None:
+        raise PredictError(f"{path}: wrong dimensionality: shape {tuple(img.shape)}, expected a 3D volume "
+                           "(give 2D images as PNG, JPEG, TIFF or BMP)")
+    problems = Problems()
+    check_finite(data, path, problems)
+    _raise_problems(problems)
+    return img, data
+
+
+@dataclass
+class Predictor:
+    """A loaded model and the prediction settings (see the module docstring)."""
+
+    model: torch.nn.Module
+    image_size: int
+    num_classes: int
+    device: torch.device
+    dtype: torch.dtype
+    threshold: float = 0.5
+    channels: Channels = "copy"
+    axis: int = 2
+    upper_percentile: float = 99.0
+    multi_channel: bool = False
+    batch_size: int = 8
+    progress: bool = True
+
+    def segment(self, slices: Sequence[np.ndarray]) -> np.ndarray:
+        """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3, one ``(H, W)``) ->
+        ``(N, C, H, W)`` bool masks at the slices' own size."""
+        import torch
+        import torch.nn.functional as F
+
+        from fedfms.data.resize import resize_image
+        from fedfms.data.writer import to_uint8
+        from fedfms.train.device import autocast
+
+        stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
+        images = torch.from_numpy(stored).to(self.device).float().div_(255.0)
+        images = images.expand(-1, 3, -1, -1)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            logits = self.model(images)  # (N, C, M, M)
+        probabilities = logits.float().sigmoid()
+        resized = F.interpolate(probabilities, size=slices[0].shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        return (resized > self.threshold).cpu().numpy()
+
+    def predict_volume(self, path: Path, out_dir: Path) -> list[Path]:
+        """One NIfTI volume -> its mask volume in ``out_dir`` (same name)."""
+        import nibabel as nib
+        from tqdm import tqdm
+
+        img, data = read_volume(path)
+        scaled = np.moveaxis(clip_and_scale(data, self.upper_percentile), self.axis, 0)  # (D, H, W)
+        depth = scaled.shape[0]
+        masks = np.zeros((depth, self.num_classes, *scaled.shape[1:]), dtype=bool)  # (D, C, H, W)
+        starts = range(0, depth, self.batch_size)
+        for start in tqdm(starts, desc=path.name, unit="batch", leave=False, disable=not self.progress):
+            ks = range(start, min(start + self.batch_size, depth))
+            masks[ks.start : ks.stop] = self.segment([slice_channels(scaled, k, self.channels) for k in ks])
+        masks = np.moveaxis(masks, (0, 1), (self.axis % 3 + 1, 0))  # (C, X, Y, Z)
+        if self.multi_channel:
+            out = np.moveaxis(masks, 0, -1).astype(np.uint8)  # (X, Y, Z, C)
+        else:
+            out = labels_from_masks(masks).reshape(img.shape)
+        image = type(img)(out, img.affine, img.header)
+        image.set_data_dtype(np.uint8)
+        image.header.set_slope_inter(1, 0)
+        image.header["cal_min"], image.header["cal_max"] = 0, 0  # no display window from the scan
+        (target,) = self.output_paths(path, out_dir)
+        _write_atomic(target, lambda tmp: nib.save(image, str(tmp)))
+        return [target]
+
+    def predict_image(self, path: Path, out_dir: Path) -> list[Path]:
+        """One 2D image -> its PNG mask(s) in ``out_dir`` (see the module docstring)."""
+        from PIL import Image
+
+        problems = Problems()
+        image = read_image(path, problems)
+        _raise_problems(problems)
+        masks = self.segment([image_to_unit(image, self.upper_percentile)])[0]  # (C, H, W)
+        if self.multi_channel:
+            pngs = [Image.fromarray(m.astype(np.uint8) * 255) for m in masks]
+        else:
+            pngs = [Image.fromarray(labels_from_masks(masks))]
+            pngs[0].putpalette(_PALETTE)  # L -> P, same values
+        targets = self.output_paths(path, out_dir)
+        for target, png in zip(targets, pngs, strict=True):
+            _write_atomic(target, lambda tmp, png=png: png.save(tmp, format="PNG"))
+        return targets
+
+    def output_paths(self, path: Path, out_dir: Path) -> list[Path]:
+        """Where the mask(s) of input ``path`` go: the same NIfTI name; ``<stem>.png`` for an
+        image, or ``<stem>_class<c>.png`` (c = 1..C) with ``multi_channel``."""
+        stem, suffix = split_suffix(path)
+        if suffix in NIFTI_SUFFIXES:
+            return [out_dir / path.name]
+        if self.multi_channel:
+            return [out_dir / f"{stem}_class{c + 1}.png" for c in range(self.num_classes)]
+        return [out_dir / f"{stem}.png"]
+
+    def predict_file(self, path: Path, out_dir: Path) -> list[Path]:
+        """Dispatch on the suffix: NIfTI volume or 2D image."""
+        if split_suffix(path)[1] in NIFTI_SUFFIXES:
+            return self.predict_volume(path, out_dir)
+        return self.predict_image(path, out_dir)
+
+
+def find_inputs(input: Path) -> list[Path]:
+    """The file itself, or every supported file directly inside a folder (sorted)."""
+    if input.is_dir():
+        files = sorted(p for p in input.iterdir() if is_image_file(p))
+        if not files:
+            raise PredictError(f"{input}: no supported files ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if not input.exists():
+        raise PredictError(f"{input}: no such file or folder")
+    if not is_image_file(input):
+        raise PredictError(f"{input}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)}")
+    return [input]
+
+
+def check_outputs(files: Sequence[Path], output: Path, predictor: Predictor) -> None:
+    """Refuse an output that is not a folder, two inputs with the same output file, and an
+    output file that would replace an input."""
+    if output.exists() and not output.is_dir():
+        raise PredictError(f"{output}: the output must be a folder")
+    by_target: dict[Path, list[Path]] = {}
+    for path in files:
+        for target in predictor.output_paths(path, output):
+            by_target.setdefault(target.resolve(), []).append(path)
+    clashes = [f"{', '.join(map(str, paths))} -> {target}" for target, paths in by_target.items() if len(paths) > 1]
+    if clashes:
+        raise PredictError("inputs would write the same output: " + "; ".join(clashes))
+    replaced = sorted(str(p) for p in files if p.resolve() in by_target)
+    if replaced:
+        raise PredictError(f"{output}: masks would replace the inputs {', '.join(replaced)}; choose another output folder")
+
+
+def load_predictor(checkpoint: Path, device: str = "auto", **settings: Any) -> Predictor:
+    """Load a fedfms checkpoint folder (``CheckpointError`` naming the file if it is missing or
+    corrupt) into a :class:`Predictor` on ``device`` in eval mode."""
+    from fedfms.models import CheckpointError, load_checkpoint
+    from fedfms.train.device import resolve_device, resolve_precision
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint}: checkpoint folder not found (expected a fedfms checkpoint "
+                              "folder with fedfms_model.json and model.safetensors, e.g. <run_dir>/best_model)")
+    model, cfg = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    return Predictor(model.to(dev).eval(), cfg.image_size, cfg.num_classes, dev, resolve_precision("auto", dev), **settings)
+
+
+def predict_path(
+    checkpoint: Path,
+    input: Path,
+    output: Path,
+    threshold: float = 0.5,
+    channels: Channels = "copy",
+    axis: int = 2,
+    upper_percentile: float = 99.0,
+    multi_channel: bool = False,
+    batch_size: int = 8,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images) with the
+    model in ``checkpoint`` and write them into the folder ``output``; returns the written files.
+
+    Every input is tried; if some fail, :class:`PredictError` lists each failed file and why
+    (the others' masks are written).
+    """
+    from tqdm import tqdm
+
+    if not 0 < threshold < 1:
+        raise PredictError(f"threshold {threshold} must lie strictly between 0 and 1")
+    if channels not in ("copy", "neighbours"):
+        raise PredictError(f"channels {channels!r}: expected copy or neighbours")
+    if not -3 <= axis < 3:
+        raise PredictError(f"slicing axis {axis} does not exist in a 3D volume")
+    input, output = Path(input), Path(output)
+    files = find_inputs(input)
+    predictor = load_predictor(
+        checkpoint, device, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
+        multi_channel=multi_channel, batch_size=batch_size, progress=progress,
+    )
+    check_outputs(files, output, predictor)
+    output.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    failures: list[str] = []
+    for path in tqdm(files, desc="predict", unit="file", disable=not progress):
+        try:
+            written += predictor.predict_file(path, output)
+        except PredictError as err:
+            failures.append(str(err))
+    if failures:
+        raise PredictError(f"{len(failures)} of {len(files)} input(s) failed ({len(written)} mask file(s) written):\n"
+                           + "\n".join(f"  - {f}" for f in failures))
+    return written
+
+
+def predict_command(
+    checkpoint: Annotated[Path, typer.Option(help="fedfms checkpoint folder, e.g. runs/NAME/best_model.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="A NIfTI volume or 2D image, or a folder of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the masks (same file names).")],
+    threshold: Annotated[float, typer.Option(help="Foreground where sigmoid probability > threshold.")] = 0.5,
+    channels: Annotated[str, typer.Option(help="Volumes: grey -> 3 channels by copy | neighbours (as prepared).")] = "copy",
+    axis: Annotated[int, typer.Option(help="Volumes: slicing (depth) axis, as prepared.")] = 2,
+    clip_percentile: Annotated[float, typer.Option(help="Upper intensity percentile to clip at, as prepared.")] = 99.0,
+    multi_channel: Annotated[bool, typer.Option(help="One {0,1} channel per class (4D NIfTI, one PNG per class) instead of labels.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
+    shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
+    from fedfms.models import CheckpointError
+
+    try:
+        written = predict_path(
+            checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
+            upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
+            progress=progress,
+        )
+    except (PredictError, CheckpointError) as err:
+        typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{len(written)} mask file(s) written to {output}")
