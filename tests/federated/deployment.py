@@ -271,8 +271,9 @@ class Deployment:
         """Note the processes started by ours so far (so they are stopped even if their
         parent has exited by the time :meth:`stop` runs)."""
         for process in self.processes:
-            for pid in descendants(process.popen.pid):
-                self._remember(pid)
+            if process.running():  # an exited (reaped) child's pid may belong to someone else now
+                for pid in descendants(process.popen.pid):
+                    self._remember(pid)
 
     def _remember(self, pid: int) -> None:
         if (identity := _identity(pid)) is not None and identity not in self._known:

@@ -42,7 +42,7 @@ def _deployment_config(run_dir: Path) -> RunConfig:
 def _answers(url: str, ca: Path) -> bool:
     try:
         return https_get(url, ca, timeout=2) == 200
-    except OSError:
+    except Exception:  # not up yet: refused, reset, half-started server
         return False
 
 

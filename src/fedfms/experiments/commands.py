@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -10,18 +9,7 @@ import typer
 import yaml
 
 from fedfms.config import load_config
-
-
-def _setup_logging() -> None:
-    """Per-round lines of fedfms on stderr; Flower's own console keeps warnings and errors only
-    (our round line already says who trained, who failed and what was exchanged)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
-    fedfms = logging.getLogger("fedfms")
-    fedfms.addHandler(handler)
-    fedfms.setLevel(logging.INFO)
-    fedfms.propagate = False
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+from fedfms.run.log import console_logging
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
@@ -43,7 +31,7 @@ def train_command(
 ) -> None:
     """Train one leave-one-client-out fold: federated in Flower's simulation runtime (one virtual
     SuperNode per client folder), or centralized with --centralized."""
-    _setup_logging()
+    console_logging()
     run = load_config(config)
     if set_:
         run = run.with_overrides(_overrides(set_))
@@ -68,7 +56,7 @@ def demo_command(
 ) -> None:
     """Run FedMSA, MSA, FedSAM and SAM on a synthetic 4-site federation with the tiny SAM and
     write a per-client Dice/IoU table, results.json, report.md and PNG plots."""
-    _setup_logging()
+    console_logging()
     from fedfms.experiments.demo import DemoSettings, run_demo
 
     chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size)) if v is not None}
@@ -81,7 +69,7 @@ def experiment_command(
 ) -> None:
     """Run a dataset's matrix of models x unseen clients (the paper's Table 1); finished cells
     are skipped, interrupted ones resumed; then write the report into OUTPUT_DIR/report."""
-    _setup_logging()
+    console_logging()
     from fedfms.config import load_experiment
     from fedfms.experiments.matrix import run_matrix
     from fedfms.experiments.report import write_loco_report

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedfms.config import RunConfig, load_config
 from fedfms.federated.server import FederationError, run_federation
+from fedfms.run.log import console_logging
 
 app = ServerApp()
 
@@ -24,6 +25,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``: read the YAML named by the run config and run it."""
+    console_logging()
     config = load_config(str(context.run_config["config"]))
     run_dir = Path(str(context.run_config.get("run-dir") or config.output_dir))
     if config.data.clients is None:

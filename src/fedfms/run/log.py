@@ -28,6 +28,20 @@ SCORES_CSV = "scores.csv"
 CSV_FIELDS = ("round", "client", "role", "split", "dice", "iou", "images")
 
 
+def console_logging() -> None:
+    """Show fedfms's INFO lines (one per round) on stderr; Flower's own console keeps warnings
+    and errors only, since our round line already says who trained, failed and what travelled.
+    Called by the CLI and by the ServerApp (whose stderr Flower forwards to ``flwr log``)."""
+    fedfms = logging.getLogger("fedfms")
+    if not fedfms.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+        fedfms.addHandler(handler)
+    fedfms.setLevel(logging.INFO)
+    fedfms.propagate = False
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Every row of ``run_dir/metrics.jsonl`` (empty if the run has not logged yet)."""
     path = run_dir / METRICS
