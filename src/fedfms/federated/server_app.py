@@ -3,7 +3,9 @@ which it reaches the hospitals' SuperNodes.
 
 Run configuration (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run --run-config``):
 
-- ``config``: path of the run's YAML (see :mod:`fedfms.config`) on the server machine;
+- ``config``: path of the run's YAML (see :mod:`fedfms.config`) on the server machine; in
+  ``flwr run``'s local simulation (``--federation-config "num-supernodes=N"``, one virtual
+  SuperNode per client folder under ``data.root``) ``data.clients`` may stay unset;
 - ``run-dir``: where logs and checkpoints go (default: the YAML's ``output_dir``);
 - ``resume``: continue the run in ``run-dir`` from its last complete round.
 """
@@ -18,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedfms.config import RunConfig, load_config
 from fedfms.federated.server import FederationError, run_federation
 from fedfms.run.log import console_logging
+from fedfms.train.sites import ordered_clients
 
 app = ServerApp()
 
@@ -29,7 +32,10 @@ def main(grid: Grid, context: Context) -> None:
     config = load_config(str(context.run_config["config"]))
     run_dir = Path(str(context.run_config.get("run-dir") or config.output_dir))
     if config.data.clients is None:
-        raise FederationError("a deployment needs data.clients: the names of the sites the server waits for")
+        if config.data.root is None:
+            raise FederationError("a deployment needs data.clients: the names of the sites the server waits for")
+        clients = [p.name for p in ordered_clients(config.data)]  # simulation: one node per client folder
+        config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
     run_federation(grid, config, run_dir, expected_nodes=len(config.data.clients),
                    resume=bool(context.run_config.get("resume", False)))
 
