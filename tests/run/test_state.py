@@ -24,7 +24,7 @@ def test_latest_and_best_round_are_kept_and_older_rounds_dropped(tmp_path):
 
 def test_failed_write_leaves_previous_checkpoint_usable(tmp_path):
     save_round(tmp_path, {"w": torch.ones(2)}, {}, RoundState(round=1), is_best=True)
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # fails inside the write, after the temporary folder exists
         save_round(tmp_path, {"w": "not a tensor"}, {}, RoundState(round=2), is_best=False)
     _, _, state = load_latest(tmp_path)
     assert state.round == 1

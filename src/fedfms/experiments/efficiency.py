@@ -114,7 +114,6 @@ def random_samples(cfg: ModelConfig, count: int, seed: int = 0) -> list[dict[str
 
 def count_train_flops(model: Any, cfg: ModelConfig, device: Any) -> int:
     """FLOPs of forward + backward (loss: the training BCE) for one ``(1, 3, S, S)`` image."""
-    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
