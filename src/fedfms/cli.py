@@ -11,7 +11,8 @@ from fedfms.experiments.efficiency import efficiency_command
 from fedfms.experiments.predict import predict_command
 from fedfms.models.cli import models_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Federated fine-tuning of Segment Anything (FedSAM, FedMSA) on multi-center medical images.")
 app.command("models")(models_command)
 app.add_typer(prepare_app, name="prepare")
 app.command("train")(train_command)
