@@ -39,7 +39,14 @@ def console_logging() -> None:
         fedfms.addHandler(handler)
     fedfms.setLevel(logging.INFO)
     fedfms.propagate = False
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flower = logging.getLogger("flwr")
+    if not any(isinstance(f, _WarningsOnly) for f in flower.filters):
+        flower.addFilter(_WarningsOnly())  # a filter, since Flower resets its level when imported
+
+
+class _WarningsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
