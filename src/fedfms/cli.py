@@ -3,9 +3,12 @@ wires them together, importing heavy modules (torch, Flower) when a command runs
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from fedfms.data.cli import prepare_app
+from fedfms.errors import FedfmsError
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
 from fedfms.experiments.efficiency import efficiency_command
 from fedfms.experiments.predict import predict_command
@@ -24,8 +27,16 @@ app.command("predict")(predict_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. An error about the user's input or files (a config typo,
+    corrupt data, a wrong checkpoint, a missing node) prints as one line and exits with 1;
+    ``FEDFMS_DEBUG=1`` shows its traceback instead."""
+    try:
+        app()
+    except FedfmsError as err:
+        if os.environ.get("FEDFMS_DEBUG"):
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedfms.errors import FedfmsError
+
 Architecture = Literal["sam", "unet", "nnunet"]
 Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h"]
 FineTuneMode = Literal["sam", "msa", "lora"]
@@ -84,7 +86,11 @@ class DataConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Local training on one client (or on the pooled data, for centralized runs)."""
+    """Local training on one client (or on the pooled data, for centralized runs).
+
+    ``gradient_checkpointing`` recomputes the SAM encoder blocks' activations in the backward
+    pass instead of keeping them: less memory per client, one more encoder forward per step.
+    """
 
     batch_size: int = Field(6, ge=1)
     lr: float = Field(1e-4, gt=0)
@@ -95,6 +101,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = Field(0, ge=0)
+    gradient_checkpointing: bool = False
     seed: int = 0
 
 
@@ -160,7 +167,7 @@ class RunConfig(_Strict):
         return _validate(tree, source="overrides")
 
 
-class ConfigError(ValueError):
+class ConfigError(FedfmsError, ValueError):
     """A configuration file or override is malformed; the message names the file and the key."""
 
 

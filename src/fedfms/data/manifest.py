@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedfms.errors import FedfmsError
+
 MANIFEST_NAME = "manifest.json"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
@@ -28,7 +30,7 @@ FORMAT_VERSION = 1
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
-class ManifestError(ValueError):
+class ManifestError(FedfmsError, ValueError):
     """A client folder has no readable manifest; the message names the folder."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedfms.errors import FedfmsError
+
 AFFINE_TOLERANCE = 1e-4
 
 
@@ -28,7 +30,7 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(FedfmsError, ValueError):
     """Source data refused; the message names each offending file and its problem."""
 
     def __init__(self, problems: Sequence[Problem], source: str | Path | None = None):

@@ -28,6 +28,7 @@ from fedfms.data.manifest import (
     SampleRecord,
     read_manifest,
 )
+from fedfms.errors import FedfmsError
 
 
 def _umask() -> int:
@@ -36,7 +37,7 @@ def _umask() -> int:
     return mask
 
 
-class ClientExistsError(FileExistsError):
+class ClientExistsError(FedfmsError, FileExistsError):
     """The target client folder exists and neither overwrite nor append was asked for."""
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 import yaml
 
-from fedfms.config import load_config
+from fedfms.config import Backbone, load_config
 from fedfms.run.log import console_logging
 
 
@@ -52,14 +52,17 @@ def demo_command(
     unseen: Annotated[str | None, typer.Option(help="Unseen (test) client; default: the last one.")] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (= centralized epochs); default 30.")] = None,
     image_size: Annotated[int | None, typer.Option(min=32, help="Input side of the tiny SAM; default 128.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights for the model (default: random init).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="SAM backbone: tiny (default) | vit_b | vit_l | vit_h.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights of that backbone (default: random init).")] = None,
 ) -> None:
     """Run FedMSA, MSA, FedSAM and SAM on a synthetic 4-site federation with the tiny SAM and
     write a per-client Dice/IoU table, results.json, report.md and PNG plots."""
+    if backbone is not None and backbone not in get_args(Backbone):
+        raise typer.BadParameter(f"--backbone {backbone!r}: expected one of {', '.join(get_args(Backbone))}")
     console_logging()
     from fedfms.experiments.demo import DemoSettings, run_demo
 
-    chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size)) if v is not None}
+    chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size), ("backbone", backbone)) if v is not None}
     run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=DemoSettings(**chosen))
     typer.echo(f"report: {out / 'report.md'}")
 

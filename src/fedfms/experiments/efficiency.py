@@ -159,6 +159,7 @@ def measure_efficiency(
     samples_per_round: int = FUNDUS_SAMPLES_PER_CLIENT,
     predict_images: int = 3,
     precision: str = "auto",
+    gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Measure one configuration (see the module docstring) in this process.
 
@@ -188,7 +189,7 @@ def measure_efficiency(
     else:
         memory_before = _rss_now_bytes()
     loader = make_loader(random_samples(cfg, batch_size * steps), batch_size, shuffle=False, seed=0)
-    train_cfg = TrainConfig(batch_size=batch_size, precision=precision)
+    train_cfg = TrainConfig(batch_size=batch_size, precision=precision, gradient_checkpointing=gradient_checkpointing)
     warm = train_cfg.model_copy(update={"max_steps_per_epoch": 1})
     train_epoch(model, loader, warm, cfg.num_classes, dev, desc="warm-up")
     timed = train_epoch(model, loader, train_cfg, cfg.num_classes, dev, desc="timed steps")
@@ -196,7 +197,7 @@ def measure_efficiency(
     step_seconds = timed.seconds / timed.steps
     steps_per_round = math.ceil(samples_per_round / batch_size)
     return {
-        "model": model_label(cfg),
+        "model": model_label(cfg) + (" + gradient checkpointing" if gradient_checkpointing else ""),
         "arch": cfg.arch,
         "backbone": cfg.backbone,
         "mode": cfg.mode,
@@ -206,6 +207,7 @@ def measure_efficiency(
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "precision": str(resolve_precision(precision, dev)).removeprefix("torch."),
+        "gradient_checkpointing": gradient_checkpointing,
         "total_params": sum(p.numel() for p in model.parameters()),
         "learnable_params": sum(t.numel() for t in state.values()),
         "bytes_up_per_round": bytes_up,
@@ -319,6 +321,7 @@ def efficiency_command(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds for the total training time.")] = 100,
     train_clients: Annotated[int, typer.Option(min=1, help="Clients training per round (one after another).")] = 3,
     isolate: Annotated[bool, typer.Option(help="Measure each configuration in a fresh process.")] = True,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute encoder activations in backward (less memory).")] = False,
     out: Annotated[Path, typer.Option(help="Output folder for efficiency.json and efficiency.md.")] = Path("runs/efficiency"),
 ) -> None:
     """Measure the paper's Table 2 (parameters, bytes per round, training time, memory, FLOPs,
@@ -341,6 +344,7 @@ def efficiency_command(
     results = run_efficiency(
         configs, isolate=isolate, progress=typer.echo, batch_size=batch_size, device=device, steps=steps,
         samples_per_round=samples_per_round, predict_images=predict_images, precision=precision,
+        gradient_checkpointing=gradient_checkpointing,
     )
     table = efficiency_markdown(results, rounds, train_clients)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from fedfms.data.prepare.intensity import clip_and_scale, image_to_unit
 from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file, read_image, split_suffix
 from fedfms.data.prepare.nifti import Channels, slice_channels
 from fedfms.data.validate import Problems, check_finite
+from fedfms.errors import FedfmsError
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ _COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (25
 _PALETTE = [v for i in range(256) for v in _COLOURS[i % len(_COLOURS)]]
 
 
-class PredictError(ValueError):
+class PredictError(FedfmsError, ValueError):
     """An input that cannot be predicted (or an output that cannot be written); names the file."""
 
 

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedfms.config import RunConfig
+from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import UpdateRejected, check_update, from_record, record_shapes, to_record
@@ -33,7 +34,7 @@ from fedfms.train.planning import needs_plan, with_plan
 logger = logging.getLogger("fedfms")
 
 
-class FederationError(RuntimeError):
+class FederationError(FedfmsError, RuntimeError):
     """The federation cannot go on (nodes missing, inconsistent, too few answers)."""
 
 

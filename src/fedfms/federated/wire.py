@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from fedfms.errors import FedfmsError
 
-class UpdateRejected(ValueError):
+
+class UpdateRejected(FedfmsError, ValueError):
     """A client's update cannot be aggregated; the message says which tensor and why."""
 
 

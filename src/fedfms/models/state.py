@@ -10,10 +10,12 @@ from collections.abc import Collection, Iterable, Mapping
 
 import torch
 
+from fedfms.errors import FedfmsError
+
 _LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FedfmsError, ValueError):
     """Weights that do not fit the model: the message names the file and the offending keys."""
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedfms.errors import FedfmsError
+
 TRAINABLE = "trainable.safetensors"
 STRATEGY = "strategy.safetensors"
 STATE = "state.json"
@@ -39,7 +41,7 @@ class RoundState:
     config: dict = field(default_factory=dict)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(FedfmsError, RuntimeError):
     """The run folder holds no usable checkpoint, or one made with another configuration."""
 
 

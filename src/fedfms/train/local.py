@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fedfms.config import EvaluationConfig, TrainConfig
+from fedfms.models.memory import set_gradient_checkpointing
 from fedfms.train.device import autocast, resolve_precision
 from fedfms.train.losses import bce_loss, proximal_term
 from fedfms.train.metrics import ScoreAccumulator
@@ -53,6 +54,8 @@ def train_epoch(
     if len(loader.dataset) == 0:
         raise ValueError(f"{desc}: no training samples")
     model.to(device).train()
+    if cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
     loss_fn = bce_loss(num_classes, cfg.pos_weight).to(device)

@@ -19,11 +19,12 @@ from fedfms.data import (
     save_split,
     train_val_split,
 )
+from fedfms.errors import FedfmsError
 from fedfms.train.device import resolve_device
 from fedfms.train.local import evaluate, make_loader
 
 
-class SiteError(RuntimeError):
+class SiteError(FedfmsError, RuntimeError):
     """A client folder cannot serve the run (missing, wrong classes...); names the folder."""
 
 
