@@ -373,6 +373,13 @@ class Deployment:
                 raise TimeoutError(f"{what}: not within {timeout:.0f} s")
             time.sleep(interval)
 
+    def kill(self, process: Process) -> None:
+        """SIGKILL a process and everything it started: a site that dies without a goodbye."""
+        identities = [i for i in (_identity(pid) for pid in [process.popen.pid, *descendants(process.popen.pid)]) if i]
+        for identity in identities:
+            _signal(identity, signal.SIGKILL)
+        process.popen.wait(timeout=10)
+
     def logs(self, lines: int = 40) -> str:
         """The tail of every process's log, for a failure report."""
         return "\n".join(f"----- {p.name} (exit {p.popen.poll()}) {p.log} -----\n{tail(p.log, lines)}"

@@ -79,9 +79,9 @@ def test_screen_names_the_client_of_a_nan_or_misshapen_update_and_keeps_the_othe
     shapes = {"w": (2,)}
     nodes = {1: Node(1, "good", 4, 1, 5, ["x"]), 2: Node(2, "nan-site", 4, 1, 5, ["x"]),
              3: Node(3, "shape-site", 4, 1, 5, ["x"])}
-    replies = [_reply({"w": torch.ones(2)}, 4, 1), _reply({"w": torch.tensor([1.0, float("inf")])}, 4, 2),
-               _reply({"w": torch.ones(3)}, 4, 3)]
+    replies = [(1, _reply({"w": torch.ones(2)}, 4, 1)), (2, _reply({"w": torch.tensor([1.0, float("inf")])}, 4, 2)),
+               (3, _reply({"w": torch.ones(3)}, 4, 3))]
     valid, failed = _screen(replies, nodes, shapes)
-    assert [r.metadata.src_node_id for r in valid] == [1]
+    assert [node.client for node, _ in valid] == ["good"]
     assert any(f.startswith("nan-site (train): update rejected") and "NaN or Inf" in f for f in failed)
     assert any(f.startswith("shape-site (train): update rejected") and "shape (3,)" in f for f in failed)

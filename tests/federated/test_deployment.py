@@ -1,6 +1,7 @@
 """A real deployment on loopback: one SuperLink and three SuperNodes (one per site, each given
 its own data folder through its node config) talking HTTPS with certificates made here, the
-run submitted with ``flwr run`` on this repository, two rounds to the end.
+run submitted with ``flwr run`` on this repository. After round 1 one training site's SuperNode
+is killed; the run goes on with the other and completes its three rounds.
 
 Every process gets free ports chosen here, its own FLWR_HOME under ``tmp_path`` and a log file
 (``tmp_path/logs``); all of them, and whatever they started, are stopped when the test ends,
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.deployment
 SITES = ("site-A", "site-B", "site-C")
 UNSEEN = "site-C"
 CONNECTION = "fedfms-test"
-RUN_TIMEOUT_S = 240
+DYING = "site-B"
+RUN_TIMEOUT_S = 360
 
 
 def _deployment_config(run_dir: Path) -> RunConfig:
@@ -35,7 +37,7 @@ def _deployment_config(run_dir: Path) -> RunConfig:
         model=ModelConfig(backbone="tiny", mode="msa", num_classes=1, image_size=64),
         data=DataConfig(clients=list(SITES), unseen=UNSEEN),
         train=TrainConfig(batch_size=4, lr=1e-3),
-        federation=FederationConfig(rounds=2, connect_timeout_s=120, round_timeout_s=120),
+        federation=FederationConfig(rounds=3, connect_timeout_s=120, round_timeout_s=60, min_train_clients=1),
     )
 
 
@@ -69,7 +71,11 @@ def _serverapp_ended(deployment: Deployment) -> bool:
     return bool(seen) and not any(deployment.is_alive(identity) for identity in seen)
 
 
-def test_superlink_and_three_supernodes_over_tls_complete_two_rounds(federation, tmp_path):
+def _rounds_done(run_dir: Path) -> list[int]:
+    return [r["round"] for r in read_rows(run_dir) if r["kind"] == "round"]
+
+
+def test_superlink_and_three_supernodes_over_tls_survive_a_dying_site(federation, tmp_path):
     started = time.monotonic()
     certs = make_certificates(tmp_path / "tls")
     run_dir = tmp_path / "run"
@@ -87,8 +93,8 @@ def test_superlink_and_three_supernodes_over_tls_complete_two_rounds(federation,
             untrusted = deployment.supernode("untrusted", port, free_port(), "data-dir='/nonexistent'", ca=None,
                                              extra=("--max-retries", "1", "--max-wait-time", "10"))
 
-            for site in SITES:
-                deployment.supernode(site, port, free_port(), f"data-dir='{federation / site}'", ca=certs.ca)
+            nodes = {site: deployment.supernode(site, port, free_port(), f"data-dir='{federation / site}'", ca=certs.ca)
+                     for site in SITES}
             deployment.write_cli_config(CONNECTION, port, certs.ca)
             run_id = deployment.flwr_run(REPO, CONNECTION, f"config='{config_path}' run-dir='{run_dir}'")
 
@@ -96,27 +102,34 @@ def test_superlink_and_three_supernodes_over_tls_complete_two_rounds(federation,
             assert untrusted.popen.returncode != 0
             assert "CERTIFICATE_VERIFY_FAILED" in untrusted.log.read_text(errors="replace")
 
+            deployment.wait_until(lambda: 1 in _rounds_done(run_dir) or _serverapp_ended(deployment), RUN_TIMEOUT_S,
+                                  "round 1", alive=("superlink", *SITES), interval=0.5)
+            deployment.kill(nodes[DYING])
+            alive = tuple(s for s in SITES if s != DYING)
+
             results_path = run_dir / "results.json"
             deployment.wait_until(lambda: results_path.exists() or _serverapp_ended(deployment), RUN_TIMEOUT_S,
-                                  "results.json of the run", alive=("superlink", *SITES), interval=1.0)
+                                  "results.json of the run", alive=("superlink", *alive), interval=1.0)
             assert results_path.exists(), "the ServerApp ended without writing results.json"
             deployment.wait_until(lambda: _serverapp_ended(deployment), 30, "the ServerApp to exit")
             status = deployment.run_status(CONNECTION, run_id)
             assert status == "finished:completed", status
 
             rows = read_rows(run_dir)
-            assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2]
+            assert _rounds_done(run_dir) == [1, 2, 3]
             train = [r for r in rows if r["kind"] == "train"]
-            assert {(r["round"], r["client"]) for r in train} == {(1, "site-A"), (1, "site-B"),
-                                                                  (2, "site-A"), (2, "site-B")}
+            assert {r["client"] for r in train if r["round"] == 1} == {"site-A", "site-B"}
+            assert {r["client"] for r in train if r["round"] == 3} == {"site-A"}
             assert all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in train)
+            failed = [f for r in rows if r["kind"] == "round" and r["round"] > 1 for f in r["failed"]]
+            assert any(f.startswith(f"{DYING} (train)") for f in failed), failed
             unseen = [r for r in rows if r["kind"] == "eval" and r["client"] == UNSEEN]
-            assert [r["round"] for r in unseen] == [1, 2] and all(r["role"] == "unseen" for r in unseen)
+            assert [r["round"] for r in unseen] == [1, 2, 3] and all(r["role"] == "unseen" for r in unseen)
             assert all(r["split"] == "test" and r["images"] == 8 for r in unseen)
 
             results = json.loads(results_path.read_text())
-            assert results["best_round"] in (1, 2)
-            assert set(results["clients"]) == set(SITES) and results["clients"][UNSEEN]["role"] == "unseen"
+            assert results["best_round"] in (1, 2, 3)
+            assert set(results["clients"]) == {"site-A", UNSEEN} and results["clients"][UNSEEN]["role"] == "unseen"
             assert (run_dir / "best_model").exists()
             clients = json.loads((run_dir / "clients.json").read_text())
             assert {c["client"]: c["role"] for c in clients} == {"site-A": "train", "site-B": "train",

@@ -57,6 +57,18 @@ def _config_record(config: RunConfig, **extra: Any) -> ConfigRecord:
     return ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), **extra})
 
 
+def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[tuple[int, Message]]:
+    """Send ``messages`` and pair every reply with the node its message went to.
+
+    A reply's ``src_node_id`` is not enough: when a node is gone, the SuperLink itself answers
+    with an error (source: the SuperLink), so replies are matched through ``reply_to_message_id``.
+    Nodes without a reply before ``timeout`` are absent from the result.
+    """
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    return [(destination[r.metadata.reply_to_message_id], r) for r in replies]
+
+
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < expected:
@@ -72,8 +84,7 @@ def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
     messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in node_ids]
     nodes, digests, errors = [], {}, []
-    for reply in grid.send_and_receive(messages, timeout=config.federation.connect_timeout_s):
-        src = reply.metadata.src_node_id
+    for src, reply in exchange(grid, messages, config.federation.connect_timeout_s):
         if reply.has_error():
             errors.append(f"node {src}: {reply.error.reason}")
             continue
@@ -105,9 +116,9 @@ def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) ->
                         message_type=f"{MessageType.QUERY}.fingerprint") for n in trainers]
     by_id = {n.node_id: n for n in trainers}
     fingerprints, errors = [], []
-    for reply in grid.send_and_receive(messages, timeout=config.federation.connect_timeout_s):
+    for node_id, reply in exchange(grid, messages, config.federation.connect_timeout_s):
         if reply.has_error():
-            errors.append(f"{by_id[reply.metadata.src_node_id].label()}: {reply.error.reason}")
+            errors.append(f"{by_id[node_id].label()}: {reply.error.reason}")
             continue
         fingerprints.append(DataFingerprint.from_dict(json.loads(str(reply.content[P.INFO][P.FINGERPRINT]))))
     if errors or len(fingerprints) != len(trainers):
@@ -121,11 +132,12 @@ def _failure(failed: list[str], node: Node, what: str, reason: str) -> None:
     logger.warning("%s failed to %s: %s", node.label(), what, reason)
 
 
-def _screen(replies: list[Message], by_id: dict[int, Node], shapes: dict[str, tuple[int, ...]]) -> tuple[list[Message], list[str]]:
-    """Keep the replies that can be aggregated; describe the others."""
+def _screen(replies: list[tuple[int, Message]], by_id: dict[int, Node],
+            shapes: dict[str, tuple[int, ...]]) -> tuple[list[tuple[Node, Message]], list[str]]:
+    """Keep the (node, reply) pairs that can be aggregated; describe the others."""
     valid, failed = [], []
-    for reply in replies:
-        node = by_id[reply.metadata.src_node_id]
+    for node_id, reply in replies:
+        node = by_id[node_id]
         if reply.has_error():
             _failure(failed, node, "train", reply.error.reason)
             continue
@@ -134,7 +146,7 @@ def _screen(replies: list[Message], by_id: dict[int, Node], shapes: dict[str, tu
         except UpdateRejected as err:
             _failure(failed, node, "train", f"update rejected: {err}")
             continue
-        valid.append(reply)
+        valid.append((node, reply))
     return valid, failed
 
 
@@ -146,9 +158,9 @@ def _evaluate(grid: Grid, nodes: list[Node], arrays: ArrayRecord, config: RunCon
     messages = [Message(RecordDict({P.ARRAYS: arrays, P.CONFIG: cfg}), dst_node_id=n.node_id,
                         message_type=MessageType.EVALUATE) for n in nodes]
     rows, failed = [], []
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    for reply in replies:
-        node = by_id[reply.metadata.src_node_id]
+    replies = exchange(grid, messages, timeout)
+    for node_id, reply in replies:
+        node = by_id[node_id]
         if reply.has_error():
             _failure(failed, node, "evaluate", reply.error.reason)
             continue
@@ -161,7 +173,7 @@ def _evaluate(grid: Grid, nodes: list[Node], arrays: ArrayRecord, config: RunCon
                                                         ("dice_per_class", "dice-per-class"),
                                                         ("iou_per_class", "iou-per-class"))},
         })
-    _name_missing(nodes, {r.metadata.src_node_id for r in replies}, failed, "evaluate")
+    _name_missing(nodes, {node_id for node_id, _ in replies}, failed, "evaluate")
     return sorted(rows, key=lambda r: r["client"]), failed
 
 
@@ -206,19 +218,25 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     timeout = config.federation.round_timeout_s
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
-        messages = strategy.configure_train(round_, arrays, _config_record(config), NodeSubset(grid, [n.node_id for n in trainers]))
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        valid, failed = _screen(replies, by_id, shapes)
-        _name_missing(trainers, {r.metadata.src_node_id for r in replies}, failed, "train")
+        messages = list(strategy.configure_train(round_, arrays, _config_record(config),
+                                                 NodeSubset(grid, [n.node_id for n in trainers])))
+        sampled = [by_id[m.metadata.dst_node_id] for m in messages]
+        failed: list[str] = []
+        for node in (n for n in trainers if n not in sampled):
+            _failure(failed, node, "train", "not connected")
+        replies = exchange(grid, messages, timeout)
+        valid, rejected = _screen(replies, by_id, shapes)
+        failed += rejected
+        _name_missing(sampled, {node_id for node_id, _ in replies}, failed, "train")
         if len(valid) < min_train:
             raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
                                   f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
-        arrays, _ = strategy.aggregate_train(round_, valid)
         sent = arrays.count_bytes()
-        rows = [{"kind": "train", "round": round_, "client": by_id[r.metadata.src_node_id].client,
+        arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
+        rows = [{"kind": "train", "round": round_, "client": node.client,
                  "loss": float(r.content[P.METRICS]["train-loss"]), "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
                  "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": sent,
-                 "bytes_received": r.content[P.ARRAYS].count_bytes()} for r in valid]
+                 "bytes_received": r.content[P.ARRAYS].count_bytes()} for node, r in valid]
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             eval_rows, eval_failed = _evaluate(grid, nodes, arrays, config, round_, timeout)
             rows += eval_rows
