@@ -106,7 +106,9 @@ class TrainConfig(_Strict):
 
 
 class FederationConfig(_Strict):
-    """Server side: rounds, aggregation and the tolerance for failing clients."""
+    """Server side: rounds, aggregation, the tolerance for failing clients, and how client
+    updates travel (``update_encoding``: ``full`` float32 tensors, or ``delta-fp16``, the
+    float16 difference to the global model: half the upload, see :mod:`fedfms.federated.wire`)."""
 
     rounds: int = Field(100, ge=1)
     strategy: StrategyName = "fedavg"
@@ -116,6 +118,7 @@ class FederationConfig(_Strict):
     min_train_clients: int | None = Field(None, ge=1)
     round_timeout_s: float | None = Field(None, gt=0)
     connect_timeout_s: float = Field(600.0, gt=0)
+    update_encoding: Literal["full", "delta-fp16"] = "full"
 
 
 class SimulationConfig(_Strict):

@@ -8,7 +8,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from fedfms.config import FederationConfig
 from fedfms.federated.server import Node, _screen
 from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors
-from fedfms.federated.wire import UpdateRejected, check_update, from_record, record_shapes, to_record
+from fedfms.federated.wire import (
+    UpdateRejected,
+    check_update,
+    decode_update,
+    encode_update,
+    from_record,
+    record_shapes,
+    to_record,
+)
 
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -85,3 +93,15 @@ def test_screen_names_the_client_of_a_nan_or_misshapen_update_and_keeps_the_othe
     assert [node.client for node, _ in valid] == ["good"]
     assert any(f.startswith("nan-site (train): update rejected") and "NaN or Inf" in f for f in failed)
     assert any(f.startswith("shape-site (train): update rejected") and "shape (3,)" in f for f in failed)
+
+
+def test_delta_fp16_update_halves_the_bytes_and_decodes_to_the_local_weights():
+    torch.manual_seed(0)
+    start = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    local = {k: v + 1e-3 * torch.randn_like(v) for k, v in start.items()}  # a fine-tuning step
+    full, delta = encode_update(local, start, "full"), encode_update(local, start, "delta-fp16")
+    assert delta.count_bytes() < 0.52 * full.count_bytes()
+    decoded = from_record(decode_update(delta, to_record(start), "delta-fp16"))
+    for k in local:
+        torch.testing.assert_close(decoded[k], local[k], rtol=0, atol=1e-6)  # fp16 of the weights: ~1e-3
+    assert not torch.allclose(local["w"].half().float(), local["w"], rtol=0, atol=1e-6)

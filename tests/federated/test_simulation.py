@@ -105,3 +105,18 @@ def test_nnunet_is_planned_from_the_training_clients_merged_fingerprints(federat
     assert plan["num_classes"] == 1 and plan["patch_size"] == [64, 64]
     model, model_cfg = load_checkpoint(config.output_dir / "best_model")
     assert model_cfg.nnunet_plan == plan
+
+
+def test_delta_fp16_uploads_half_the_bytes_and_trains_like_float32(federation, tmp_path, run_config):
+    full = run_config(federation, tmp_path / "full", rounds=1)
+    delta = run_config(federation, tmp_path / "delta", rounds=1, update_encoding="delta-fp16")
+    simulate(full)
+    simulate(delta)
+    received = {c.output_dir.name: [r["bytes_received"] for r in read_rows(c.output_dir) if r["kind"] == "train"]
+                for c in (full, delta)}
+    # half the tensor bytes; the tiny model's 154 small tensors keep ~180 bytes of header each
+    assert all(d < 0.6 * f for d, f in zip(received["delta"], received["full"], strict=True))
+    after_full, _, _ = load_latest(full.output_dir)
+    after_delta, _, _ = load_latest(delta.output_dir)
+    for name, tensor in after_full.items():
+        torch.testing.assert_close(after_delta[name], tensor, rtol=0, atol=1e-5)

@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 from fedfms.config import RunConfig
 from fedfms.federated import protocol as P
 from fedfms.federated.site import describe, frozen_digest, node_model_config, site_directory, site_model
-from fedfms.federated.wire import from_record, to_record
+from fedfms.federated.wire import encode_update, from_record
 from fedfms.models import load_trainable_state, trainable_state
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
@@ -59,7 +59,8 @@ def fingerprint(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Load the global trainable tensors, train one local epoch, send the tensors back."""
     config, site, model_cfg, model = _prepare(msg, context)
-    load_trainable_state(model, from_record(msg.content[P.ARRAYS]))
+    start = from_record(msg.content[P.ARRAYS])
+    load_trainable_state(model, start)
     round_ = int(msg.content[P.CONFIG]["server-round"])
     loader = make_loader(site.dataset("train", model_cfg), config.train.batch_size, shuffle=True,
                          seed=config.train.seed + round_, num_workers=config.train.num_workers)
@@ -73,8 +74,8 @@ def train(msg: Message, context: Context) -> Message:
                 result.samples, result.seconds)
     metrics = MetricRecord({P.NUM_EXAMPLES: len(site.train), "train-loss": result.loss,
                             "train-seconds": result.seconds, "train-steps": result.steps})
-    return Message(RecordDict({P.ARRAYS: to_record(trainable_state(model.cpu())), P.METRICS: metrics}),
-                   reply_to=msg)
+    update = encode_update(trainable_state(model.cpu()), start, config.federation.update_encoding)
+    return Message(RecordDict({P.ARRAYS: update, P.METRICS: metrics}), reply_to=msg)
 
 
 @app.evaluate()

@@ -25,7 +25,14 @@ from fedfms.config import RunConfig
 from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
-from fedfms.federated.wire import UpdateRejected, check_update, from_record, record_shapes, to_record
+from fedfms.federated.wire import (
+    UpdateRejected,
+    check_update,
+    decode_update,
+    from_record,
+    record_shapes,
+    to_record,
+)
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
 from fedfms.models.baselines import DataFingerprint
 from fedfms.run.tracker import RunTracker
@@ -232,11 +239,13 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
             raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
                                   f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
         sent = arrays.count_bytes()
-        arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         rows = [{"kind": "train", "round": round_, "client": node.client,
                  "loss": float(r.content[P.METRICS]["train-loss"]), "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
                  "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": sent,
                  "bytes_received": r.content[P.ARRAYS].count_bytes()} for node, r in valid]
+        for _, reply in valid:
+            reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
+        arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             eval_rows, eval_failed = _evaluate(grid, nodes, arrays, config, round_, timeout)
             rows += eval_rows

@@ -1,5 +1,14 @@
-"""What travels: the trainable tensors of the model as a Flower ``ArrayRecord``, and the
-checks an incoming update must pass before it is aggregated."""
+"""What travels: the trainable tensors of the model as a Flower ``ArrayRecord``, how a client's
+update is encoded for the trip back, and the checks it must pass before it is aggregated.
+
+Update encodings (``federation.update_encoding``):
+
+- ``full``: the client's trainable tensors in float32, as FedAvg is usually run;
+- ``delta-fp16``: ``local - global`` in float16, half the bytes. Fine-tuning moves weights by
+  far less than their magnitude, so the difference keeps float16's 11 significant bits where
+  the weights themselves would lose the update; the server adds it back to the global float32
+  tensors before aggregating, so the strategies see ordinary weights.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +23,24 @@ class UpdateRejected(FedfmsError, ValueError):
     """A client's update cannot be aggregated; the message says which tensor and why."""
 
 
-def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    """Trainable tensors (name -> tensor) as an ArrayRecord (float32 numpy arrays, CPU)."""
-    return ArrayRecord.from_torch_state_dict({k: v.detach().float().cpu() for k, v in state.items()})
+def to_record(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> ArrayRecord:
+    """Trainable tensors (name -> tensor) as an ArrayRecord (numpy arrays of ``dtype``, CPU)."""
+    return ArrayRecord.from_torch_state_dict({k: v.detach().to("cpu", dtype) for k, v in state.items()})
+
+
+def encode_update(local: dict[str, torch.Tensor], start: dict[str, torch.Tensor], encoding: str) -> ArrayRecord:
+    """A client's update for the server: its tensors (``full``) or ``local - start`` in float16."""
+    if encoding == "delta-fp16":
+        return to_record({k: local[k].detach().cpu().float() - start[k] for k in local}, torch.float16)
+    return to_record(local)
+
+
+def decode_update(update: ArrayRecord, global_record: ArrayRecord, encoding: str) -> ArrayRecord:
+    """The client's float32 tensors from its encoded update and the global tensors it started from."""
+    if encoding == "delta-fp16":
+        return to_record({k: torch.from_numpy(global_record[k].numpy() + update[k].numpy().astype(np.float32))
+                          for k in global_record.keys()})
+    return update
 
 
 def from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
