@@ -8,7 +8,8 @@ no copy of the YAML: only its data folder (and, for pretrained runs, the SAM wei
 - QUERY ``query.fingerprint`` (nnU-Net runs only) server -> training node: ``config``
   {run-config}; reply ``info`` {fingerprint: JSON of the site's data fingerprint}.
 - TRAIN  server -> node: ``arrays`` (global trainable tensors), ``config`` {run-config,
-  server-round, [proximal-mu]}; reply ``arrays`` (local trainable tensors), ``metrics``
+  server-round, [proximal-mu]}; reply ``arrays`` (local trainable tensors, or their float16
+  difference to the global ones with ``federation.update_encoding: delta-fp16``), ``metrics``
   {num-examples (training samples: the FedAvg weight), train-loss, train-seconds, train-steps}.
 - EVALUATE server -> node: ``arrays``, ``config`` {run-config, server-round}; the unseen
   client (``data.unseen`` of the run config) scores all its data, the others their validation
