@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
 from fedfms.config import RunConfig
 from fedfms.errors import FedfmsError
@@ -197,6 +198,32 @@ def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what
             _failure(failed, node, what, "no reply before the timeout")
 
 
+def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict[int, Node], arrays: ArrayRecord,
+                 shapes: dict[str, tuple[int, ...]], config: RunConfig, round_: int,
+                 min_train: int) -> tuple[list[tuple[Node, Message]], list[dict[str, Any]], list[str]]:
+    """Send the global ``arrays`` to the connected training clients through the strategy and
+    collect their updates: the valid (node, reply) pairs, one ``train`` log row each, and the
+    failures. Fewer than ``min_train`` valid updates stop the run."""
+    messages = list(strategy.configure_train(round_, arrays, _config_record(config),
+                                             NodeSubset(grid, [n.node_id for n in trainers])))
+    sampled = [by_id[m.metadata.dst_node_id] for m in messages]
+    failed: list[str] = []
+    for node in (n for n in trainers if n not in sampled):
+        _failure(failed, node, "train", "not connected")
+    replies = exchange(grid, messages, config.federation.round_timeout_s)
+    valid, rejected = _screen(replies, by_id, shapes)
+    failed += rejected
+    _name_missing(sampled, {node_id for node_id, _ in replies}, failed, "train")
+    if len(valid) < min_train:
+        raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
+                              f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
+    rows = [{"kind": "train", "round": round_, "client": node.client,
+             "loss": float(r.content[P.METRICS]["train-loss"]), "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
+             "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": arrays.count_bytes(),
+             "bytes_received": r.content[P.ARRAYS].count_bytes()} for node, r in valid]
+    return valid, rows, failed
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``config``; returns ``results.json``."""
     nodes = meet_nodes(grid, config, expected_nodes)
@@ -223,26 +250,11 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     arrays = to_record(global_state)
     shapes = record_shapes(arrays)
     timeout = config.federation.round_timeout_s
+    traffic: dict[str, int] = {}
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
-        messages = list(strategy.configure_train(round_, arrays, _config_record(config),
-                                                 NodeSubset(grid, [n.node_id for n in trainers])))
-        sampled = [by_id[m.metadata.dst_node_id] for m in messages]
-        failed: list[str] = []
-        for node in (n for n in trainers if n not in sampled):
-            _failure(failed, node, "train", "not connected")
-        replies = exchange(grid, messages, timeout)
-        valid, rejected = _screen(replies, by_id, shapes)
-        failed += rejected
-        _name_missing(sampled, {node_id for node_id, _ in replies}, failed, "train")
-        if len(valid) < min_train:
-            raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
-                                  f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
-        sent = arrays.count_bytes()
-        rows = [{"kind": "train", "round": round_, "client": node.client,
-                 "loss": float(r.content[P.METRICS]["train-loss"]), "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
-                 "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": sent,
-                 "bytes_received": r.content[P.ARRAYS].count_bytes()} for node, r in valid]
+        valid, rows, failed = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_, min_train)
+        traffic = {"sent": rows[0]["bytes_sent"], "received": max(r["bytes_received"] for r in rows)}
         for _, reply in valid:
             reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
         arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
@@ -259,7 +271,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round)})
     return tracker.finish(final_rows, nodes[0].class_names, {
         "trainable_parameters": sum(v.numel() for v in best.values()),
-        "bytes_per_client_per_round": {"sent": arrays.count_bytes(), "received": arrays.count_bytes()},
+        "bytes_per_client_per_round": traffic,
         "clients_info": {n.client: {"train": n.num_train, "val": n.num_val, "samples": n.num_samples} for n in nodes},
     })
 
