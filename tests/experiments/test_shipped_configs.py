@@ -34,3 +34,12 @@ def test_a_typo_in_a_config_is_an_error_naming_file_and_key(tmp_path):
     path.write_text("data: {root: x}\ntrain: {batch_sise: 4}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: train.batch_sise: Extra inputs"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", ["nuclei_litemedsam", "nuclei_litemedsam_msa"])
+def test_litemedsam_matrices_build_pretrained_and_random_cells(name):
+    experiment = load_experiment(CONFIGS / f"{name}.yaml")
+    cells = {m: cell_config(experiment, m, "prostate") for m in experiment.models}
+    assert all(c.model.backbone == "litemedsam" and c.model.image_size == 256 for c in cells.values())
+    assert all(c.model.uses_pretrained == (not m.endswith("-PT")) for m, c in cells.items())
+    assert {c.model.mode for c in cells.values()} == ({"msa"} if name.endswith("msa") else {"decoder"})

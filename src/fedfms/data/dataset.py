@@ -43,12 +43,24 @@ class ClientDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
-        record = self.manifest.samples[self.indices[item]]
-        image = np.load(self.client_dir / IMAGES_DIR / f"{record.id}.npy", mmap_mode="r")
-        mask = np.load(self.client_dir / MASKS_DIR / f"{record.id}.npy", mmap_mode="r")
+    def sample_id(self, item: int) -> str:
+        return self.manifest.samples[self.indices[item]].id
+
+    def image_path(self, item: int) -> Path:
+        """The stored uint8 image array of sample ``item``."""
+        return self.client_dir / IMAGES_DIR / f"{self.sample_id(item)}.npy"
+
+    def load_image(self, item: int) -> torch.Tensor:
+        """``(3, S, S)`` float32 in [0, 1], resized to ``image_size``."""
+        image = np.load(self.image_path(item), mmap_mode="r")
         image_t = torch.from_numpy(np.array(image)).float().div_(255.0)
         image_t = resize_image_tensor(image_t, self.image_size).clamp_(0.0, 1.0)
-        image_t = image_t.expand(3, -1, -1).contiguous()  # grey stored once, 3 copies on load
-        mask_t = resize_mask_tensor(torch.from_numpy(np.array(mask)), self.mask_size).float()
-        return {"image": image_t, "mask": mask_t, "id": record.id}
+        return image_t.expand(3, -1, -1).contiguous()  # grey stored once, 3 copies on load
+
+    def load_mask(self, item: int) -> torch.Tensor:
+        """``(C, M, M)`` float32 in {0, 1}, resized (nearest) to ``mask_size``."""
+        mask = np.load(self.client_dir / MASKS_DIR / f"{self.sample_id(item)}.npy", mmap_mode="r")
+        return resize_mask_tensor(torch.from_numpy(np.array(mask)), self.mask_size).float()
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
+        return {"image": self.load_image(item), "mask": self.load_mask(item), "id": self.sample_id(item)}

@@ -16,7 +16,7 @@ from fedfms.run.tracker import RunTracker
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
 from fedfms.train.planning import needs_plan, site_fingerprint, with_plan
-from fedfms.train.sites import Site, load_site, ordered_clients, save_run_split, score_site
+from fedfms.train.sites import Site, load_site, ordered_clients, save_run_split, score_site, site_inputs
 
 
 def _eval_rows(model: torch.nn.Module, sites: list[Site], config: RunConfig, round_: int) -> list[dict[str, Any]]:
@@ -42,7 +42,7 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     model = build_model(config.model)
     if tracker.resumed is not None:
         load_trainable_state(model, tracker.resumed[0])
-    pooled = ConcatDataset([s.dataset("train", config.model) for s in trainers])
+    pooled = ConcatDataset([site_inputs(s, "train", model, config) for s in trainers])
     device = resolve_device(config.train.device)
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()

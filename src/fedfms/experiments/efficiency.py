@@ -63,7 +63,7 @@ PAPER_TABLE2: dict[str, PaperFigures] = {
     "sam": PaperFigures(93.7e6, 911.4, 58_478, 13.4, 0.118),
 }
 PAPER_SETTING = {"arch": "sam", "backbone": "vit_b", "image_size": 1024, "batch_size": 6, "rounds": 100}
-MODE_NAMES = {"sam": "FedSAM", "msa": "FedMSA", "lora": "FedLoRA"}
+MODE_NAMES = {"sam": "FedSAM", "msa": "FedMSA", "lora": "FedLoRA", "decoder": "FedDecoder"}
 
 
 def model_label(cfg: ModelConfig) -> str:
@@ -307,8 +307,8 @@ def efficiency_markdown(results: Sequence[dict[str, Any]], rounds: int, train_cl
 
 
 def efficiency_command(
-    backbone: Annotated[str, typer.Option(help="SAM backbone: tiny | vit_b | vit_l | vit_h.")] = "vit_b",
-    modes: Annotated[str, typer.Option(help="Fine-tuning modes, comma separated: sam,msa,lora.")] = "sam,msa,lora",
+    backbone: Annotated[str, typer.Option(help="Backbone: tiny | vit_b | vit_l | vit_h | litemedsam (256 px).")] = "vit_b",
+    modes: Annotated[str, typer.Option(help="Fine-tuning modes, comma separated: sam,msa,lora,decoder.")] = "sam,msa,lora",
     arch: Annotated[str, typer.Option(help="sam (uses --backbone, --modes) | unet | nnunet.")] = "sam",
     image_size: Annotated[int | None, typer.Option(help="Input side (default 1024 on CUDA, 256 on CPU).")] = None,
     num_classes: Annotated[int, typer.Option(min=1, help="Output classes (fundus: disc + cup).")] = 2,
@@ -338,7 +338,7 @@ def efficiency_command(
     unknown = sorted(set(mode_list) - set(MODE_NAMES))
     if unknown or not mode_list:
         raise typer.BadParameter(f"--modes {modes!r}: expected a comma list of {', '.join(MODE_NAMES)}")
-    size = image_size or (1024 if resolve_device(device).type == "cuda" else 256)
+    size = image_size or (1024 if resolve_device(device).type == "cuda" and backbone != "litemedsam" else 256)
     configs = [ModelConfig(arch=arch, backbone=backbone, mode=m, image_size=size, num_classes=num_classes) for m in mode_list]
     start = time.perf_counter()
     results = run_efficiency(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfms.config import ExperimentConfig, RunConfig
+from fedfms.config import LITEMEDSAM_IMAGE_SIZE, ExperimentConfig, ModelConfig, RunConfig
 from fedfms.experiments.centralized import train_centralized
 from fedfms.federated.simulation import simulate
 from fedfms.run.state import LATEST
@@ -23,7 +23,7 @@ logger = logging.getLogger("fedfms")
 @dataclass(frozen=True)
 class Row:
     """A model of Table 1: federated or not, architecture, SAM size (``base``: ViT-B, ``large``:
-    ViT-L by default) and mode, pretrained or not."""
+    ViT-L by default, or whichever backbone the experiment names) and mode, pretrained or not."""
 
     federated: bool
     arch: str = "sam"
@@ -35,7 +35,7 @@ class Row:
 def _sam_rows() -> dict[str, Row]:
     rows = {}
     for name, size, mode in (("SAM", "base", "sam"), ("MSA", "base", "msa"), ("MSA-L", "large", "msa"),
-                             ("LoRA", "base", "lora")):
+                             ("LoRA", "base", "lora"), ("Decoder", "base", "decoder")):
         for federated in (True, False):
             label = f"Fed{name}" if federated else name
             rows[label] = Row(federated, "sam", size, mode)
@@ -60,15 +60,18 @@ def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunCon
     if row.arch == "sam":
         backbone = experiment.backbones[row.size]
         checkpoint = experiment.weights.get(backbone) if row.pretrained else None
-        if row.pretrained and checkpoint is None:
+        if row.pretrained and checkpoint is None and backbone != "litemedsam":
             raise ValueError(f"{experiment.name}: row {label} needs pretrained {backbone} weights; "
-                             f"add weights.{backbone} (e.g. sam_{backbone}_*.pth) to the experiment")
-        model.update(backbone=backbone, mode=row.mode, checkpoint=checkpoint)
+                             f"add weights.{backbone} (e.g. sam_{backbone}_*.pth) to the experiment, "
+                             f"or use its random-initialisation row {label}-PT")
+        image_size = LITEMEDSAM_IMAGE_SIZE if backbone == "litemedsam" else base.model.image_size
+        model.update(backbone=backbone, mode=row.mode, checkpoint=checkpoint, pretrained=row.pretrained,
+                     image_size=image_size)
     else:
         model.update(checkpoint=None, image_size=experiment.baseline_image_size or base.model.image_size)
     return base.model_copy(update={
         "output_dir": experiment.output_dir / label / unseen,
-        "model": base.model.model_copy(update=model),
+        "model": ModelConfig.model_validate({**base.model.model_dump(), **model}),
         "data": base.data.model_copy(update={"unseen": unseen}),
     })
 

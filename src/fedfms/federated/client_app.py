@@ -13,13 +13,13 @@ from flwr.clientapp import ClientApp
 
 from fedfms.config import RunConfig
 from fedfms.federated import protocol as P
-from fedfms.federated.site import describe, frozen_digest, node_model_config, site_directory, site_model
+from fedfms.federated.site import describe, frozen_digest, node_model_config, node_run_config, site_directory, site_model
 from fedfms.federated.wire import encode_update, from_record
 from fedfms.models import load_trainable_state, trainable_state
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
 from fedfms.train.planning import site_fingerprint
-from fedfms.train.sites import load_site, score_site
+from fedfms.train.sites import load_site, score_site, site_inputs
 
 logger = logging.getLogger("fedfms")
 app = ClientApp()
@@ -30,7 +30,7 @@ def _run_config(msg: Message) -> RunConfig:
 
 
 def _prepare(msg: Message, context: Context):
-    config = _run_config(msg)
+    config = node_run_config(context, _run_config(msg))
     site = load_site(site_directory(context, config.data), config)
     model_cfg = node_model_config(context, config.model)
     model = site_model(model_cfg, config.train.seed)
@@ -62,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
     start = from_record(msg.content[P.ARRAYS])
     load_trainable_state(model, start)
     round_ = int(msg.content[P.CONFIG]["server-round"])
-    loader = make_loader(site.dataset("train", model_cfg), config.train.batch_size, shuffle=True,
+    loader = make_loader(site_inputs(site, "train", model, config, model_cfg), config.train.batch_size, shuffle=True,
                          seed=config.train.seed + round_, num_workers=config.train.num_workers)
     device = resolve_device(config.train.device)
     mu = float(msg.content[P.CONFIG].get("proximal-mu", 0.0))

@@ -4,12 +4,12 @@ Runs only where the data is (inside the ClientApp).
 Which folder: a SuperNode of a real deployment is started with ``--node-config
 "data-dir='/path/to/prepared/site'"``; in the simulation runtime node ``partition-id`` *i*
 takes the *i*-th client of the run's data configuration. A node may also name its own copy of
-the pretrained weights with ``sam-checkpoint='/path/sam_vit_b_01ec64.pth'``.
+the pretrained weights with ``sam-checkpoint='/path/sam_vit_b_01ec64.pth'`` and the folder where
+it caches image embeddings (``decoder`` mode) with ``embedding-cache='/path/cache'``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -18,8 +18,9 @@ import torch
 from flwr.app import Context
 from torch import nn
 
-from fedfms.config import DataConfig, ModelConfig
+from fedfms.config import DataConfig, ModelConfig, RunConfig
 from fedfms.models import build_model
+from fedfms.models.state import state_digest
 from fedfms.train.sites import Site, SiteError, ordered_clients
 
 
@@ -35,6 +36,13 @@ def site_directory(context: Context, data: DataConfig) -> Path:
     if index >= len(clients):
         raise SiteError(f"node {context.node_id}: partition {index} but only {len(clients)} clients in {data.root}")
     return clients[index]
+
+
+def node_run_config(context: Context, config: RunConfig) -> RunConfig:
+    """The run's configuration with this node's own settings applied (``embedding-cache``)."""
+    if "embedding-cache" in context.node_config:
+        return config.with_overrides({"train.embedding_cache": str(context.node_config["embedding-cache"])})
+    return config
 
 
 def node_model_config(context: Context, model: ModelConfig) -> ModelConfig:
@@ -59,14 +67,8 @@ def site_model(model: ModelConfig, seed: int) -> nn.Module:
 def frozen_digest(model: nn.Module) -> str:
     """SHA-256 of every tensor that does not train: all nodes must hold the same frozen weights,
     since only the trainable ones travel."""
-    digest = hashlib.sha256()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    for name, tensor in sorted(model.state_dict().items()):
-        if name in trainable:
-            continue
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return state_digest({k: v for k, v in model.state_dict().items() if k not in trainable})
 
 
 def describe(site: Site) -> dict[str, str | int]:

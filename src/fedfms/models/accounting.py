@@ -1,7 +1,8 @@
 """Parameter accounting per fine-tuning mode: total, trainable, bytes exchanged per round.
 
-Models are built on PyTorch's ``meta`` device (shapes only, no memory, no initialisation), so
-ViT-H counts take about a second.
+SAM's ViTs are built on PyTorch's ``meta`` device (shapes only, no memory, no initialisation),
+so ViT-H counts take about a second; LiteMedSAM (whose TinyViT reads tensor values while it is
+built) is built on the CPU, which its 9.8M parameters make cheap.
 """
 
 from __future__ import annotations
@@ -36,19 +37,20 @@ def _numel(module: nn.Module) -> int:
 
 
 def count_parameters(cfg: ModelConfig) -> ParameterCount:
-    """Count the parameters of the SAM model ``cfg`` describes (no weights are read)."""
-    with torch.device("meta"):
+    """Count the parameters of the SAM-family model ``cfg`` describes (no weights are read)."""
+    device = "cpu" if cfg.backbone == "litemedsam" else "meta"
+    with torch.device(device):
         model = construct_model(cfg.model_copy(update={"checkpoint": None}))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    encoder = model.sam.vision_encoder
+    encoder = model.image_encoder
     return ParameterCount(
         mode=cfg.mode,
         total=_numel(model),
         trainable=sum(p.numel() for p in trainable),
         trainable_bytes=sum(p.numel() * p.element_size() for p in trainable),
         side_branches=sum(_numel(encoder.get_submodule(n)) for n in side_branch_names(encoder)),
-        decoder=_numel(model.sam.mask_decoder),
-        prompt_encoder=_numel(model.sam.prompt_encoder),
+        decoder=_numel(model.mask_decoder),
+        prompt_encoder=_numel(model.prompt_encoder),
         head=_numel(model.head),
     )
 

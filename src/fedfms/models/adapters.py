@@ -1,4 +1,5 @@
-"""Trainable side branches inserted into transformers' SAM vision layers: MSA adapters and LoRA.
+"""Trainable side branches inserted into frozen vision layers: MSA adapters and LoRA, in
+transformers' SAM ViT layers here and in LiteMedSAM's TinyViT blocks (:mod:`fedfms.models.litemedsam`).
 
 A branch is a small module attached as a child of the layer it modifies and applied with a
 forward hook on the transformers module, so nothing of transformers is copied and every
@@ -19,6 +20,7 @@ any training; LoRA's usual ``B = 0`` start is used for both).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -33,6 +35,13 @@ class SideBranch(nn.Module):
         if isinstance(output, tuple):
             return (output[0] + self(output[0]), *output[1:])
         return output + self(output)
+
+    def add_beside_normalised(
+        self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
+    ) -> torch.Tensor:
+        """Forward hook for a module that normalises its own input (TinyViT's ``Mlp``):
+        ``module(x) -> module(x) + branch(module.norm(x))``."""
+        return output + self(module.norm(args[0]))
 
     def add_beside(
         self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
@@ -86,9 +95,9 @@ def add_msa_adapters(encoder: nn.Module, ratio: float) -> None:
         layer.mlp.register_forward_hook(layer.mlp_adapter.add_beside)
 
 
-def add_lora(encoder: nn.Module, rank: int, alpha: float) -> None:
-    """Add a LoRA branch beside the fused q/k/v projection of every vision layer."""
-    for layer in encoder.layers:
+def add_lora(blocks: Iterable[nn.Module], rank: int, alpha: float) -> None:
+    """Add a LoRA branch beside the fused q/k/v projection (``attn.qkv``) of every block."""
+    for layer in blocks:
         qkv = layer.attn.qkv
         layer.attn.qkv_lora = LoRA(qkv.in_features, qkv.out_features, rank, alpha)
         qkv.register_forward_hook(layer.attn.qkv_lora.add_beside)

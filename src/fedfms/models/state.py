@@ -6,6 +6,7 @@ otherwise :class:`CheckpointError` names the source (a file, or what was sent) a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterable, Mapping
 
 import torch
@@ -91,3 +92,14 @@ def load_state_strict(
         alias: incoming[name] for alias, name in aliases.items() if alias not in incoming
     }
     copy_state(targets, missing_aliases)
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of named tensors (in name order): equal
+    digests mean equal weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(state[name].shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from fedfms.config import EvaluationConfig, TrainConfig
 from fedfms.models.memory import set_gradient_checkpointing
 from fedfms.train.device import autocast, resolve_precision
-from fedfms.train.losses import bce_loss, proximal_term
+from fedfms.train.losses import proximal_term, segmentation_loss
 from fedfms.train.metrics import ScoreAccumulator
 
 
@@ -36,6 +36,14 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
                       num_workers=num_workers, drop_last=False)
 
 
+def predict_batch(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``(B, C, M, M)`` logits of a batch of images (``image``, ``(B, 3, S, S)``) or, in
+    ``decoder`` mode, of cached image embeddings (``embedding``, ``(B, 256, h, w)``)."""
+    if "embedding" in batch:
+        return model.classify(batch["embedding"].to(device, non_blocking=True))
+    return model(batch["image"].to(device, non_blocking=True))
+
+
 def train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -49,7 +57,8 @@ def train_epoch(
 
     Adam over the parameters that require grad (a fresh optimizer per call: each federated round
     starts from the global model, as in FedAvg). With ``proximal_mu`` > 0 FedProx's term
-    ``mu/2 * ||w - w_start||^2`` is added. Batches: ``image`` (B, 3, S, S), ``mask`` (B, C, M, M).
+    ``mu/2 * ||w - w_start||^2`` is added. Batches: ``image`` (B, 3, S, S) or ``embedding``
+    (B, 256, h, w), and ``mask`` (B, C, M, M).
     """
     if len(loader.dataset) == 0:
         raise ValueError(f"{desc}: no training samples")
@@ -58,7 +67,7 @@ def train_epoch(
         set_gradient_checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
-    loss_fn = bce_loss(num_classes, cfg.pos_weight).to(device)
+    loss_fn = segmentation_loss(cfg.loss, num_classes, cfg.pos_weight).to(device)
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     reference = (
@@ -69,10 +78,9 @@ def train_epoch(
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=desc, unit="batch", leave=False, mininterval=2.0, disable=None)
     for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         with autocast(device, dtype):
-            logits = model(images)
+            logits = predict_batch(model, batch, device)
         loss = loss_fn(logits.float(), masks)
         if reference is not None:
             loss = loss + proximal_mu / 2 * proximal_term(model, reference)
@@ -82,8 +90,8 @@ def train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.item() * images.shape[0]
-        samples += images.shape[0]
+        loss_sum += loss.item() * masks.shape[0]
+        samples += masks.shape[0]
         steps += 1
         bar.set_postfix(loss=f"{loss_sum / samples:.4f}", img_s=f"{samples / (time.perf_counter() - start):.1f}")
         bar.update()
@@ -108,7 +116,7 @@ def evaluate(
     scores = ScoreAccumulator(class_names, cfg.protocol, cfg.threshold)
     for batch in loader:
         with autocast(device, dtype):
-            logits = model(batch["image"].to(device))
+            logits = predict_batch(model, batch, device)
         scores.add(logits.float(), batch["mask"])
     model.train()
     return scores.summary()

