@@ -4,6 +4,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
+from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.client_app import app
 from fedfms.federated.wire import from_record, to_record
@@ -21,7 +22,7 @@ def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None) -> Mes
 
 
 def test_train_reply_carries_only_the_trainable_tensors_and_counts(federation, tmp_path, run_config):
-    config = run_config(federation, tmp_path / "run")
+    config = run_config(federation, tmp_path / "run").with_overrides({"train.local_epochs": 2})
     torch.manual_seed(0)
     model = build_model(config.model)
     sent = trainable_state(model)
@@ -34,7 +35,10 @@ def test_train_reply_carries_only_the_trainable_tensors_and_counts(federation, t
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert frozen > 0 and reply.content[P.ARRAYS].count_bytes() < 4 * sum(p.numel() for p in model.parameters())
     assert reply.content[P.METRICS][P.NUM_EXAMPLES] == 4  # site-A: 8 samples, 2 cases held out for validation
-    assert set(reply.content[P.METRICS].keys()) == {P.NUM_EXAMPLES, "train-loss", "train-seconds", "train-steps"}
+    metrics = reply.content[P.METRICS]
+    assert set(metrics.keys()) == {P.NUM_EXAMPLES, "train-loss", "train-loss-per-epoch", "train-seconds", "train-steps"}
+    assert len(metrics["train-loss-per-epoch"]) == 2 and metrics["train-loss"] == metrics["train-loss-per-epoch"][-1]
+    assert metrics["train-steps"] == 2  # two epochs of one batch of 4
 
 
 def test_query_describes_the_site_without_data(federation, tmp_path, run_config):
@@ -59,5 +63,5 @@ def test_evaluate_scores_the_unseen_client_on_all_its_data(federation, tmp_path,
 
 def test_a_node_without_data_folder_gets_an_error_naming_it(federation, tmp_path, run_config):
     config = run_config(federation, tmp_path / "run")
-    with pytest.raises(Exception, match="nowhere"):
+    with pytest.raises(FedfmsError, match="nowhere"):
         _send(MessageType.QUERY, config, tmp_path / "nowhere")

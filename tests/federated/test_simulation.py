@@ -14,6 +14,7 @@ import yaml
 
 from fedfms.config import save_config
 from fedfms.data import load_split
+from fedfms.federated.server import FederationError
 from fedfms.federated.simulation import simulate
 from fedfms.federated.wire import to_record
 from fedfms.models import build_model, load_checkpoint, trainable_state
@@ -45,6 +46,8 @@ def test_two_rounds_with_three_clients_train_two_and_test_the_unseen(federation,
 
     assert results["best_round"] in (1, 2) and set(results["clients"]) == {"site-A", "site-B", "site-C"}
     assert results["clients"]["site-C"]["role"] == "unseen"
+    assert results["clients_info"]["site-C"] == {"role": "unseen", "test": 8, "samples": 8}
+    assert results["clients_info"]["site-A"]["role"] == "train" and results["clients_info"]["site-A"]["val"] > 0
     model, model_cfg = load_checkpoint(config.output_dir / "best_model")
     assert model_cfg.model_copy(update={"checkpoint": None}) == config.model
     split = load_split(config.output_dir / "split.json")
@@ -67,7 +70,7 @@ def test_a_failing_client_is_named_and_the_round_goes_on(federation, tmp_path, r
 def test_too_few_answers_stop_the_run_with_the_reason(federation, tmp_path, run_config):
     shutil.rmtree(federation / "site-B" / "images")
     config = run_config(federation, tmp_path / "run", rounds=2)  # default: every training client needed
-    with pytest.raises(Exception, match="site-B"):
+    with pytest.raises(FederationError, match="site-B"):
         simulate(config)
 
 

@@ -16,7 +16,7 @@ from fedfms.run.tracker import RunTracker
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
 from fedfms.train.planning import needs_plan, site_fingerprint, with_plan
-from fedfms.train.sites import Site, load_site, ordered_clients, save_run_split, score_site, site_inputs
+from fedfms.train.sites import Site, client_info, load_site, ordered_clients, save_run_split, score_site, site_inputs
 
 
 def _eval_rows(model: torch.nn.Module, sites: list[Site], config: RunConfig, round_: int) -> list[dict[str, Any]]:
@@ -64,6 +64,6 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round)})
     return tracker.finish(final_rows, sites[0].manifest.class_names, {
         "trainable_parameters": sum(v.numel() for v in trainable_state(model).values()),
-        "clients_info": {s.name: {"train": len(s.train), "val": len(s.val), "samples": len(s.manifest.samples)}
-                         for s in sites},
+        "clients_info": {s.name: client_info(s.name, len(s.train), len(s.val), len(s.manifest.samples),
+                                             config.data.unseen) for s in sites},
     })

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from fedfms.errors import FedfmsError
 from fedfms.run.log import read_rows
 from fedfms.run.tracker import RESULTS
 
@@ -77,6 +80,7 @@ def _round_panels(count: int) -> tuple[Figure, list]:
 def _save_round_panels(fig: Figure, axes: list, path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice")
     axes[-1].legend(fontsize=7, loc="lower right")
@@ -133,11 +137,21 @@ def paper_table1() -> dict[str, Any]:
 
 
 def find_cells(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every finished run (folder with results.json) at or below ``paths``."""
-    cells = [load_results(found.parent) for path in paths for found in sorted(Path(path).rglob(RESULTS))]
+    """Every finished leave-one-client-out run (folder with results.json that names an unseen
+    client) at or below ``paths``; runs without an unseen client are skipped with a warning."""
+    found = [load_results(f.parent) for path in paths for f in sorted(Path(path).rglob(RESULTS))]
+    cells = [c for c in found if c.get("unseen") in c["clients"]]
+    for skipped in (c for c in found if c.get("unseen") not in c["clients"]):
+        warnings.warn(f"{skipped['run_dir']}: no unseen client, not a leave-one-client-out cell; left out of the report",
+                      stacklevel=2)
     if not cells:
-        raise FileNotFoundError(f"no finished run ({RESULTS}) under {', '.join(map(str, paths))}")
+        raise ReportError(f"no finished leave-one-client-out run ({RESULTS} with an unseen client) "
+                          f"under {', '.join(map(str, paths))}")
     return cells
+
+
+class ReportError(FedfmsError, FileNotFoundError):
+    """Nothing to report: the message names the folders searched."""
 
 
 def _loco_header(clients: list[str], class_names: list[str]) -> list[str]:

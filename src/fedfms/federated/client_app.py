@@ -16,6 +16,7 @@ from fedfms.federated import protocol as P
 from fedfms.federated.site import describe, frozen_digest, node_model_config, node_run_config, site_directory, site_model
 from fedfms.federated.wire import encode_update, from_record
 from fedfms.models import load_trainable_state, trainable_state
+from fedfms.run.log import console_logging
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
 from fedfms.train.planning import site_fingerprint
@@ -26,6 +27,7 @@ app = ClientApp()
 
 
 def _run_config(msg: Message) -> RunConfig:
+    console_logging()  # this site's progress (embeddings, local epochs) on its own stderr
     return RunConfig.model_validate_json(str(msg.content[P.CONFIG][P.RUN_CONFIG]))
 
 
@@ -66,14 +68,15 @@ def train(msg: Message, context: Context) -> Message:
                          seed=config.train.seed + round_, num_workers=config.train.num_workers)
     device = resolve_device(config.train.device)
     mu = float(msg.content[P.CONFIG].get("proximal-mu", 0.0))
-    result = None
-    for epoch in range(config.train.local_epochs):
-        result = train_epoch(model, loader, config.train, model_cfg.num_classes, device, proximal_mu=mu,
-                             desc=f"{site.name} round {round_} epoch {epoch + 1}")
-    logger.info("%s round %d: loss %.4f, %d samples in %.1f s", site.name, round_, result.loss,
-                result.samples, result.seconds)
-    metrics = MetricRecord({P.NUM_EXAMPLES: len(site.train), "train-loss": result.loss,
-                            "train-seconds": result.seconds, "train-steps": result.steps})
+    epochs = [train_epoch(model, loader, config.train, model_cfg.num_classes, device, proximal_mu=mu,
+                          desc=f"{site.name} round {round_} epoch {epoch + 1}")
+              for epoch in range(config.train.local_epochs)]
+    losses = [e.loss for e in epochs]
+    seconds = sum(e.seconds for e in epochs)
+    logger.info("%s round %d: loss per epoch %s, %d samples in %.1f s", site.name, round_,
+                " ".join(f"{v:.4f}" for v in losses), sum(e.samples for e in epochs), seconds)
+    metrics = MetricRecord({P.NUM_EXAMPLES: len(site.train), "train-loss": losses[-1], "train-loss-per-epoch": losses,
+                            "train-seconds": seconds, "train-steps": sum(e.steps for e in epochs)})
     update = encode_update(trainable_state(model.cpu()), start, config.federation.update_encoding)
     return Message(RecordDict({P.ARRAYS: update, P.METRICS: metrics}), reply_to=msg)
 

@@ -38,6 +38,7 @@ from fedfms.models import build_model, load_trainable_state, save_checkpoint, tr
 from fedfms.models.baselines import DataFingerprint
 from fedfms.run.tracker import RunTracker
 from fedfms.train.planning import needs_plan, with_plan
+from fedfms.train.sites import client_info
 
 logger = logging.getLogger("fedfms")
 
@@ -218,7 +219,9 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
         raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
                               f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
     rows = [{"kind": "train", "round": round_, "client": node.client,
-             "loss": float(r.content[P.METRICS]["train-loss"]), "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
+             "loss": float(r.content[P.METRICS]["train-loss"]),
+             "loss_per_epoch": [float(v) for v in r.content[P.METRICS]["train-loss-per-epoch"]],
+             "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
              "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": arrays.count_bytes(),
              "bytes_received": r.content[P.ARRAYS].count_bytes()} for node, r in valid]
     return valid, rows, failed
@@ -230,6 +233,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     trainers = [n for n in nodes if n.client != config.data.unseen]
     if not trainers:
         raise FederationError("no training client: every connected client is the unseen one")
+    if len(trainers) == 1:
+        logger.warning("only one training client (%s): this federation is local training at one site, "
+                       "FedAvg has nothing to average", trainers[0].client)
     if needs_plan(config):
         config = with_plan(config, collect_fingerprints(grid, trainers, config))
     tracker = RunTracker(config, run_dir, kind="federated", resume=resume)
@@ -272,7 +278,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     return tracker.finish(final_rows, nodes[0].class_names, {
         "trainable_parameters": sum(v.numel() for v in best.values()),
         "bytes_per_client_per_round": traffic,
-        "clients_info": {n.client: {"train": n.num_train, "val": n.num_val, "samples": n.num_samples} for n in nodes},
+        "clients_info": {n.client: client_info(n.client, n.num_train, n.num_val, n.num_samples, config.data.unseen)
+                         for n in nodes},
     })
 
 

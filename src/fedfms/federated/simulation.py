@@ -38,6 +38,8 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     results: list[dict[str, Any]] = []
     server_app = server_app_for(config, config.output_dir, len(clients), resume, results)
+    logger.info("%s: starting Flower's simulation runtime, %d virtual SuperNodes (%s); the first round "
+                "line follows round 1", config.name, len(clients), ", ".join(clients))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(clients),

@@ -45,8 +45,15 @@ def console_logging() -> None:
 
 
 class _WarningsOnly(logging.Filter):
+    """Flower's warnings and errors, minus two that normal runs always print: the deprecation of
+    ``run_simulation`` (fedfms uses it on purpose, see :mod:`fedfms.federated.simulation`) and
+    the shutdown of each simulation actor."""
+
+    EXPECTED = ("`run_simulation` function is deprecated", "Manually terminating")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
+        message = record.getMessage()
+        return record.levelno >= logging.WARNING and not any(text in message for text in self.EXPECTED)
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:

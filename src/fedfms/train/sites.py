@@ -99,6 +99,13 @@ def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: Model
     return {"split": split, **scores}
 
 
+def client_info(client: str, train: int, val: int, samples: int, unseen: str | None) -> dict[str, Any]:
+    """What results.json says of one client: the unseen client's whole data is its test set."""
+    if client == unseen:
+        return {"role": "unseen", "test": samples, "samples": samples}
+    return {"role": "train", "train": train, "val": val, "samples": samples}
+
+
 def save_run_split(config: RunConfig) -> None:
     """Write ``split.json`` into the run folder: the sample ids of every client's train and
     validation split and of the unseen client's test set. For runs that see every client folder
