@@ -139,7 +139,10 @@ class TrainConfig(_Strict):
     (soft Dice + that BCE, MedSAM's loss). ``embedding_cache`` is the folder where a run whose
     image encoder is frozen (``decoder`` mode) keeps each sample's image embedding (default:
     ``$XDG_CACHE_HOME/fedfms/embeddings``); a SuperNode may name its own with node config
-    ``embedding-cache``. ``gradient_checkpointing`` recomputes the SAM encoder blocks' activations in the backward
+    ``embedding-cache``. ``optimizer_state``: ``reset`` (a fresh Adam every round, as FedAvg
+    assumes) or ``keep`` (each site keeps its Adam moments across rounds, on its own disk under
+    ``state_dir`` or node config ``state-dir``; never sent; see :mod:`fedfms.train.optimizer`).
+    ``gradient_checkpointing`` recomputes the SAM encoder blocks' activations in the backward
     pass instead of keeping them: less memory per client, one more encoder forward per step.
     """
 
@@ -155,6 +158,8 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     gradient_checkpointing: bool = False
     embedding_cache: Path | None = None
+    optimizer_state: Literal["reset", "keep"] = "reset"
+    state_dir: Path | None = None
     seed: int = 0
 
 

@@ -9,12 +9,13 @@ from fedfms.federated import protocol as P
 from fedfms.federated.client_app import app
 from fedfms.federated.wire import from_record, to_record
 from fedfms.models import build_model, trainable_state
+from fedfms.train.optimizer import kept_state, local_optimizer
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({P.CONFIG: ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), "server-round": 1})})
+def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None, round_: int = 1) -> Message:
+    content = RecordDict({P.CONFIG: ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), "server-round": round_})})
     if arrays is not None:
         content[P.ARRAYS] = arrays
     context = Context(run_id=1, node_id=5, node_config={"data-dir": str(data_dir)}, state=RecordDict(), run_config={})
@@ -65,3 +66,29 @@ def test_a_node_without_data_folder_gets_an_error_naming_it(federation, tmp_path
     config = run_config(federation, tmp_path / "run")
     with pytest.raises(FedfmsError, match="nowhere"):
         _send(MessageType.QUERY, config, tmp_path / "nowhere")
+
+
+def test_kept_optimizer_state_stays_at_the_site_across_rounds_and_a_resume(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run").with_overrides(
+        {"train.optimizer_state": "keep", "train.state_dir": str(tmp_path / "state")})
+    torch.manual_seed(0)
+    start = to_record(trainable_state(build_model(config.model)))
+    first = _send(MessageType.TRAIN, config, federation / "site-A", start, round_=1)
+    kept = kept_state(config, "site-A")
+    after_one = torch.load(kept.path, weights_only=True)
+    assert after_one["round"] == 1 and P.ARRAYS in first.content
+    assert {s["step"].item() for s in after_one["state"]["state"].values()} == {1.0}
+    _send(MessageType.TRAIN, config, federation / "site-A", first.content[P.ARRAYS], round_=2)
+    after_two = torch.load(kept.path, weights_only=True)
+    assert {s["step"].item() for s in after_two["state"]["state"].values()} == {2.0}  # moments carried on
+    resumed = local_optimizer(build_model(config.model), config.train, torch.device("cpu"))
+    assert kept.restore(resumed, round_=3)  # a resumed run's next round gets exactly what was saved
+    for index, saved in after_two["state"]["state"].items():
+        assert torch.equal(resumed.state_dict()["state"][index]["exp_avg"], saved["exp_avg"])
+    assert not kept.restore(resumed, round_=2)  # resumed from an earlier round: a fresh optimizer
+    assert not list(tmp_path.glob("state/.*"))  # no temporary file left
+
+
+def test_reset_keeps_no_state(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run")
+    assert config.train.optimizer_state == "reset" and kept_state(config, "site-A") is None

@@ -15,6 +15,7 @@ from fedfms.models import build_model, load_trainable_state, save_checkpoint, tr
 from fedfms.run.tracker import RunTracker
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
+from fedfms.train.optimizer import kept_state, local_optimizer
 from fedfms.train.planning import needs_plan, site_fingerprint, with_plan
 from fedfms.train.sites import Site, client_info, load_site, ordered_clients, save_run_split, score_site, site_inputs
 
@@ -44,16 +45,22 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
         load_trainable_state(model, tracker.resumed[0])
     pooled = ConcatDataset([site_inputs(s, "train", model, config) for s in trainers])
     device = resolve_device(config.train.device)
+    kept = kept_state(config, "pooled")
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
         loader = make_loader(pooled, config.train.batch_size, shuffle=True, seed=config.train.seed + round_,
                              num_workers=config.train.num_workers)
         rows = []
+        optimizer = local_optimizer(model, config.train, device)
+        if kept is not None:
+            kept.restore(optimizer, round_)
         for epoch in range(config.train.local_epochs):
             result = train_epoch(model, loader, config.train, config.model.num_classes, device,
-                                 desc=f"pooled round {round_} epoch {epoch + 1}")
+                                 desc=f"pooled round {round_} epoch {epoch + 1}", optimizer=optimizer)
             rows.append({"kind": "train", "round": round_, "client": "pooled", "loss": result.loss,
                          "samples": result.samples, "seconds": result.seconds})
+        if kept is not None:
+            kept.save(optimizer, round_)
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             rows += _eval_rows(model, sites, config, round_)
         tracker.end_round(round_, {k: v.cpu() for k, v in trainable_state(model).items()}, {}, rows,

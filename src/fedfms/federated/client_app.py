@@ -19,6 +19,7 @@ from fedfms.models import load_trainable_state, trainable_state
 from fedfms.run.log import console_logging
 from fedfms.train.device import resolve_device
 from fedfms.train.local import make_loader, train_epoch
+from fedfms.train.optimizer import kept_state, local_optimizer
 from fedfms.train.planning import site_fingerprint
 from fedfms.train.sites import load_site, score_site, site_inputs
 
@@ -68,9 +69,15 @@ def train(msg: Message, context: Context) -> Message:
                          seed=config.train.seed + round_, num_workers=config.train.num_workers)
     device = resolve_device(config.train.device)
     mu = float(msg.content[P.CONFIG].get("proximal-mu", 0.0))
+    optimizer = local_optimizer(model, config.train, device)
+    kept = kept_state(config, site.name)
+    if kept is not None:
+        kept.restore(optimizer, round_)
     epochs = [train_epoch(model, loader, config.train, model_cfg.num_classes, device, proximal_mu=mu,
-                          desc=f"{site.name} round {round_} epoch {epoch + 1}")
+                          desc=f"{site.name} round {round_} epoch {epoch + 1}", optimizer=optimizer)
               for epoch in range(config.train.local_epochs)]
+    if kept is not None:
+        kept.save(optimizer, round_)
     losses = [e.loss for e in epochs]
     seconds = sum(e.seconds for e in epochs)
     logger.info("%s round %d: loss per epoch %s, %d samples in %.1f s", site.name, round_,

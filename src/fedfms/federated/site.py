@@ -5,7 +5,8 @@ Which folder: a SuperNode of a real deployment is started with ``--node-config
 "data-dir='/path/to/prepared/site'"``; in the simulation runtime node ``partition-id`` *i*
 takes the *i*-th client of the run's data configuration. A node may also name its own copy of
 the pretrained weights with ``sam-checkpoint='/path/sam_vit_b_01ec64.pth'`` and the folder where
-it caches image embeddings (``decoder`` mode) with ``embedding-cache='/path/cache'``.
+it caches image embeddings (``decoder`` mode) with ``embedding-cache='/path/cache'`` and keeps
+its optimizer state (``optimizer_state: keep``) with ``state-dir='/path/state'``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ def site_directory(context: Context, data: DataConfig) -> Path:
     return clients[index]
 
 
+NODE_SETTINGS = {"embedding-cache": "train.embedding_cache", "state-dir": "train.state_dir"}
+
+
 def node_run_config(context: Context, config: RunConfig) -> RunConfig:
-    """The run's configuration with this node's own settings applied (``embedding-cache``)."""
-    if "embedding-cache" in context.node_config:
-        return config.with_overrides({"train.embedding_cache": str(context.node_config["embedding-cache"])})
-    return config
+    """The run's configuration with this node's own folders applied (node config
+    ``embedding-cache``, ``state-dir``)."""
+    overrides = {key: str(context.node_config[name]) for name, key in NODE_SETTINGS.items()
+                 if name in context.node_config}
+    return config.with_overrides(overrides) if overrides else config
 
 
 def node_model_config(context: Context, model: ModelConfig) -> ModelConfig:

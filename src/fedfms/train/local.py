@@ -16,6 +16,7 @@ from fedfms.config import EvaluationConfig, TrainConfig
 from fedfms.models.memory import set_gradient_checkpointing
 from fedfms.train.device import autocast, resolve_precision
 from fedfms.train.losses import proximal_term, segmentation_loss
+from fedfms.train.optimizer import local_optimizer
 from fedfms.train.metrics import ScoreAccumulator
 
 
@@ -52,21 +53,22 @@ def train_epoch(
     device: torch.device,
     proximal_mu: float = 0.0,
     desc: str = "train",
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> EpochResult:
     """Train ``model`` in place for one pass over ``loader`` (or ``cfg.max_steps_per_epoch``).
 
-    Adam over the parameters that require grad (a fresh optimizer per call: each federated round
-    starts from the global model, as in FedAvg). With ``proximal_mu`` > 0 FedProx's term
+    ``optimizer``: the round's optimizer (see :mod:`fedfms.train.optimizer`; the caller keeps it
+    across the epochs of a round and, with ``optimizer_state: keep``, across rounds); ``None``
+    makes a fresh Adam over the parameters that require grad. With ``proximal_mu`` > 0 FedProx's term
     ``mu/2 * ||w - w_start||^2`` is added. Batches: ``image`` (B, 3, S, S) or ``embedding``
     (B, 256, h, w), and ``mask`` (B, C, M, M).
     """
     if len(loader.dataset) == 0:
         raise ValueError(f"{desc}: no training samples")
+    optimizer = optimizer or local_optimizer(model, cfg, device)
     model.to(device).train()
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
     loss_fn = segmentation_loss(cfg.loss, num_classes, cfg.pos_weight).to(device)
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
