@@ -40,10 +40,12 @@ def test_standard_threshold_is_on_probability():
 def test_paper_protocol_averages_thresholds_on_raw_logits():
     truth = torch.ones(1, 1, 2, 2)
     logits = torch.full((1, 1, 2, 2), 0.4)  # above 0.1 and 0.3, below 0.5, 0.7, 0.9
-    dice, _ = image_scores(logits, truth, protocol="paper")
-    smooth = 1e-4
+    dice, iou = image_scores(logits, truth, protocol="paper")
+    smooth = 1e-4  # the reference's Dice smoothing; its IoU smoothing is 1e-6
     hit, miss = (8 + smooth) / (8 + smooth), smooth / (4 + smooth)
     assert dice.item() == pytest.approx((2 * hit + 3 * miss) / 5)
+    assert iou.item() == pytest.approx((2 * 1.0 + 3 * (1e-6 / (4 + 1e-6))) / 5, rel=1e-9)
+    assert iou.item() != pytest.approx((2 * 1.0 + 3 * (1e-4 / (4 + 1e-4))) / 5, rel=1e-9)
 
 
 def test_accumulator_means_over_images_per_class():

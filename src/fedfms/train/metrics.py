@@ -12,8 +12,8 @@ Two protocols:
 ``paper``
     The FedFMS reference evaluation, for numbers that sit beside the paper's Table 1: the raw
     logits are binarised at each of the thresholds 0.1, 0.3, 0.5, 0.7, 0.9, Dice and IoU are
-    computed per image with a smoothing of 1e-4 in numerator and denominator (so empty/empty
-    scores 1), averaged over the thresholds, then over images.
+    computed per image with the reference's smoothing in numerator and denominator (1e-4 for
+    Dice, 1e-6 for IoU; so empty/empty scores 1), averaged over the thresholds, then over images.
 """
 
 from __future__ import annotations
@@ -27,22 +27,26 @@ import torch
 from fedfms.config import MetricProtocol
 
 PAPER_THRESHOLDS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-PAPER_SMOOTH = 1e-4
+PAPER_DICE_SMOOTH = 1e-4
+PAPER_IOU_SMOOTH = 1e-6
 
 
-def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, smooth: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, smooth: tuple[float, float] = (0.0, 0.0)
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, per class Dice and IoU of binary maps.
 
-    pred, target: (B, C, H, W) bool. Returns two (B, C) float64 tensors. With ``smooth`` 0 an
-    empty/empty pair scores 1 by definition.
+    pred, target: (B, C, H, W) bool. Returns two (B, C) float64 tensors. ``smooth``: (Dice, IoU)
+    smoothing; with none an empty/empty pair scores 1 by definition.
     """
     dims = (2, 3)
     inter = (pred & target).sum(dims).double()
     pred_sum = pred.sum(dims).double()
     target_sum = target.sum(dims).double()
     union = pred_sum + target_sum - inter
-    if smooth > 0:
-        return (2 * inter + smooth) / (pred_sum + target_sum + smooth), (inter + smooth) / (union + smooth)
+    if any(smooth):
+        dice_smooth, iou_smooth = smooth
+        return ((2 * inter + dice_smooth) / (pred_sum + target_sum + dice_smooth),
+                (inter + iou_smooth) / (union + iou_smooth))
     both_empty = (pred_sum + target_sum) == 0
     dice = torch.where(both_empty, 1.0, 2 * inter / (pred_sum + target_sum).clamp_min(1))
     iou = torch.where(both_empty, 1.0, inter / union.clamp_min(1))
@@ -62,8 +66,9 @@ def image_scores(
     target = masks > 0.5
     if protocol == "standard":
         logit_threshold = math.log(threshold / (1 - threshold))
-        return _overlap_scores(logits > logit_threshold, target, smooth=0.0)
-    pairs = [_overlap_scores(logits > t, target, smooth=PAPER_SMOOTH) for t in PAPER_THRESHOLDS]
+        return _overlap_scores(logits > logit_threshold, target)
+    smooth = (PAPER_DICE_SMOOTH, PAPER_IOU_SMOOTH)
+    pairs = [_overlap_scores(logits > t, target, smooth) for t in PAPER_THRESHOLDS]
     dice = torch.stack([d for d, _ in pairs]).mean(0)
     iou = torch.stack([i for _, i in pairs]).mean(0)
     return dice, iou
