@@ -51,6 +51,19 @@ def test_drishti_palette(shared_data, tmp_path):
     assert report.samples == 3 and disc > cup > 0.01  # crops around the disc: large disc, cup inside
 
 
+def test_drishti_rim_preset_is_the_disc_minus_the_cup(shared_data, tmp_path):
+    """The reference code's optic-disc channel: the rim. Same files, disc = rim + cup pixel for pixel."""
+    options = {name: ImageOptions(*MASK_PRESETS[name], limit=3) for name in ("palette-disc-cup", "palette-rim-cup")}
+    for name, option in options.items():
+        prepare_images(shared_data / "fundus/Drishti-GS", out_spec(tmp_path, name, 64, 64), option)
+    disc = np.stack([np.load(p) for p in sorted((tmp_path / "prepared/palette-disc-cup/masks").glob("*.npy"))])
+    rim = np.stack([np.load(p) for p in sorted((tmp_path / "prepared/palette-rim-cup/masks").glob("*.npy"))])
+    assert read_manifest(tmp_path / "prepared/palette-rim-cup").class_names == ["rim", "cup"]
+    assert np.array_equal(rim[:, 1], disc[:, 1])  # the same cup
+    assert np.array_equal(rim[:, 0], disc[:, 0] & (1 - disc[:, 1]))  # rim = disc without the cup
+    assert rim[:, 0].sum() > 0 and not (rim[:, 0] & rim[:, 1]).any()
+
+
 def test_drions_grey_jpeg_disc_only(shared_data, tmp_path):
     report = prepare_images(shared_data / "fundus/DRIONS-DB", out_spec(tmp_path, "drions", 64, 64),
                             ImageOptions(*MASK_PRESETS["disc-threshold"], limit=3))

@@ -67,3 +67,5 @@ def test_multi_class_table_has_a_column_per_class(tmp_path):
     assert header[1:5] == ["REFUGE disc Dice", "REFUGE disc IoU", "REFUGE cup Dice", "REFUGE cup IoU"]
     assert rows[0][1:5] == ["90.00", "85.00", "80.00", "70.00"]
     assert rows[1][0] == "FedSAM (paper)" and rows[1][1:5] == ["86.90", "77.20", "87.30", "78.10"]
+    rim = [{**cells[0], "class_names": ["rim", "cup"]}]  # the reference's disc channel is the rim
+    assert loco_table(rim, paper="fundus")[1][1][1:5] == ["86.90", "77.20", "87.30", "78.10"]

@@ -183,11 +183,16 @@ def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tup
     return _loco_header(clients, class_names), rows
 
 
+#: Our class name -> the paper's: its optic-disc ("OD") figures come from the reference code's
+#: disc channel, which is the rim (disc minus cup); prepare with a ``*-rim-cup`` preset to match.
+PAPER_CLASS_NAMES = {"rim": "disc"}
+
+
 def _paper_score(model: dict[str, Any], client: str, cls: str, num_classes: int) -> tuple[float, float]:
     entry = model.get(client)
     if entry is None:
         return math.nan, math.nan
-    entry = entry.get(cls, {}) if num_classes > 1 else entry
+    entry = entry.get(PAPER_CLASS_NAMES.get(cls, cls), {}) if num_classes > 1 else entry
     return entry.get("dice", math.nan), entry.get("iou", math.nan)
 
 

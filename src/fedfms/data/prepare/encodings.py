@@ -107,12 +107,17 @@ def parse_levels(spec: str, class_names: list[str]) -> dict[int, tuple[int, ...]
 
 
 FUNDUS = ["disc", "cup"]
+#: The FedFMS reference code's fundus classes: its optic-disc channel is the rim (disc minus cup).
+FUNDUS_RIM = ["rim", "cup"]
 
 #: Named encodings for the common published layouts: name -> (class names, encoding).
 PRESETS: dict[str, tuple[list[str], MaskEncoding]] = {
     "palette-disc-cup": (FUNDUS, MaskEncoding("levels", {0: (), 1: (0,), 2: (0, 1)})),
     "grey-disc-cup": (FUNDUS, MaskEncoding("levels", {0: (), 128: (0,), 255: (0, 1)})),
     "rgb-cup0-disc128": (FUNDUS, MaskEncoding("levels", {255: (), 128: (0,), 0: (0, 1)})),
+    "palette-rim-cup": (FUNDUS_RIM, MaskEncoding("levels", {0: (), 1: (0,), 2: (1,)})),
+    "grey-rim-cup": (FUNDUS_RIM, MaskEncoding("levels", {0: (), 128: (0,), 255: (1,)})),
+    "rgb-cup0-rim128": (FUNDUS_RIM, MaskEncoding("levels", {255: (), 128: (0,), 0: (1,)})),
     "disc-threshold": (["disc"], MaskEncoding("threshold", threshold=127.0)),
     "inverted-binary": (["foreground"], binary_encoding(0)),
     "binary": (["foreground"], binary_encoding(255)),
