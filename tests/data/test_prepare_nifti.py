@@ -65,6 +65,32 @@ def test_fets_label4_neighbours_and_every_kth_empty(tmp_path):
     assert manifest.samples[1].source == "FeTS_001/FeTS_001_t1ce.nii.gz"
 
 
+def test_fets_reference_preset_makes_the_reference_codes_slices_and_labels(tmp_path):
+    """Labels 1 and 4 are the target, the edge slices go, an empty slice stays when its index is a
+    multiple of 5 (the reference's FeTS preprocessing)."""
+    src = tmp_path / "fets"
+    depth = 14
+    image = np.random.default_rng(0).uniform(0, 100, (20, 20, depth)).astype(np.float32)
+    labels = np.zeros((20, 20, depth), np.int16)
+    labels[5:10, 5:10, 8:10] = 4  # enhancing tumour on slices 8, 9
+    labels[12:14, 12:14, 3] = 1  # necrotic core on slice 3: foreground for the reference
+    labels[12:14, 12:14, 13] = 1  # ... but on the last slice, which the reference drops
+    labels[2:4, 2:4, :] = 2  # oedema everywhere: background
+    case = src / "FeTS_001"
+    save_nifti(case / "FeTS_001_t1ce.nii.gz", image)
+    save_nifti(case / "FeTS_001_seg.nii.gz", labels)
+    report = prepare_nifti(src, out_spec(tmp_path, "ref", 20, 20), preset("fets-reference"))
+    manifest = read_manifest(tmp_path / "prepared" / "ref")
+    # slices 1..12; empty: 1, 2, 4, 5, 6, 7, 10, 11, 12 -> 5 and 10 kept (multiples of 5)
+    assert [s.slice_index for s in manifest.samples] == [3, 5, 8, 9, 10]
+    assert report.skipped_empty == 7 and manifest.class_names == ["tumour_core"]
+    _, core = _load(tmp_path / "prepared" / "ref", manifest.samples[0].id)
+    assert core[0, 12:14, 12:14].all() and core.sum() == 4  # label 1 is the target
+    prepare_nifti(src, out_spec(tmp_path, "paper", 20, 20), preset("fets"))
+    paper = read_manifest(tmp_path / "prepared" / "paper")  # the paper's text: label 4, edges kept
+    assert [s.slice_index for s in paper.samples] == [0, 5, 8, 9, 12]  # 1st, 6th, 11th empty slice
+
+
 def test_neighbour_channels_repeat_edges():
     volume = np.arange(4)[:, None, None] * np.ones((4, 2, 2))
     assert slice_channels(volume, 0, "neighbours")[:, 0, 0].tolist() == [0, 0, 1]

@@ -62,7 +62,7 @@ def nifti_command(
     src: Src,
     out: Out,
     client: Client = None,
-    preset: Annotated[str, typer.Option(help="prostate (1 class, copies) or fets (label 4, neighbours, every 5th empty)")] = "prostate",
+    preset: Annotated[str, typer.Option(help="prostate (1 class, copies), fets (the paper's text: label 4, neighbours, every 5th empty) or fets-reference (the reference code's: labels 1+4, edge slices dropped, empty slices at multiples of 5)")] = "prostate",
     classes: Annotated[str | None, typer.Option(help="class names, comma separated")] = None,
     label_map: Annotated[str | None, typer.Option(help="label value -> class, e.g. '1:0,2:0,4:1' (0 = background, a+b = both)")] = None,
     channels: Annotated[str | None, typer.Option(help="copy | neighbours")] = None,

@@ -10,7 +10,9 @@ Per volume: clip at the ``upper_percentile`` (99th), min-max scale to [0, 1]; sl
 on load) or ``neighbours`` (slices k-1, k, k+1, edge slices repeated). Labels go through a
 label map (FeTS: 4 -> enhancing tumour, 1 and 2 -> background); any value not in the map is an
 error. Empty slices: ``keep_empty_every=1`` keeps all, ``k`` keeps every k-th empty slice
-(the 1st, (k+1)-th, ... of a volume; the reference keeps every 5th for FeTS), 0 drops them all.
+(``empty_rule="count"``: the 1st, (k+1)-th, ... empty slice of a volume; ``"index"``: an empty
+slice whose index is a multiple of k, as the reference code does for FeTS), 0 drops them all.
+``drop_edge_slices`` skips the first and last slice of each volume (the reference's FeTS rule).
 
 Before any voxel is read, headers are checked: dimensionality, image/label shape and affine,
 pairing, duplicate case ids, empty client.
@@ -53,6 +55,8 @@ class NiftiOptions:
     label_map: MaskEncoding
     channels: Channels = "copy"
     keep_empty_every: int = 1
+    empty_rule: Literal["count", "index"] = "count"
+    drop_edge_slices: bool = False
     axis: int = 2
     upper_percentile: float = 99.0
     image_suffix: str = ""
@@ -61,12 +65,19 @@ class NiftiOptions:
     limit: int | None = None
 
 
-#: The paper's two volume datasets.
+#: The paper's two volume datasets. ``fets`` is FeTS as the paper describes it (enhancing tumour,
+#: label 4); ``fets-reference`` as the reference code prepares it, from which the paper's
+#: numbers come: labels 1 and 4 (necrotic core + enhancing tumour, BraTS's tumour core), first
+#: and last slice of each volume dropped, an empty slice kept when its index is a multiple of 5.
 PRESETS: dict[str, NiftiOptions] = {
     "prostate": NiftiOptions(["prostate"], label_map_encoding(1)),
     "fets": NiftiOptions(
         ["enhancing_tumour"], MaskEncoding("levels", {0: (), 1: (), 2: (), 4: (0,)}), channels="neighbours",
         keep_empty_every=5, image_suffix="_t1ce", mask_suffix="_seg",
+    ),
+    "fets-reference": NiftiOptions(
+        ["tumour_core"], MaskEncoding("levels", {0: (), 1: (0,), 2: (), 4: (0,)}), channels="neighbours",
+        keep_empty_every=5, empty_rule="index", drop_edge_slices=True, image_suffix="_t1ce", mask_suffix="_seg",
     ),
 }
 
@@ -181,10 +192,13 @@ def volume_slices(volume: Volume, src: Path, options: NiftiOptions, problems: Pr
         return
     scaled = np.moveaxis(clip_and_scale(image, options.upper_percentile), options.axis, 0)
     empty_seen = 0
-    for k in range(scaled.shape[0]):
+    depth = scaled.shape[0]
+    kept = range(1, depth - 1) if options.drop_edge_slices else range(depth)
+    for k in kept:
         if not mask[:, k].any():
             empty_seen += 1
-            if options.keep_empty_every == 0 or (empty_seen - 1) % options.keep_empty_every:
+            position = k if options.empty_rule == "index" else empty_seen - 1
+            if options.keep_empty_every == 0 or position % options.keep_empty_every:
                 report.skipped_empty += 1
                 continue
         record = SampleRecord(
@@ -206,7 +220,8 @@ def prepare_nifti(src: Path, out: OutputSpec, options: NiftiOptions) -> PrepareR
         "converter": "nifti", "source": str(src), "label_map": options.label_map.describe(options.class_names),
         "intensity": f"per volume: clip at percentile {options.upper_percentile}, min-max to [0, 1]",
         "upper_percentile": options.upper_percentile, "channels": options.channels,
-        "keep_empty_every": options.keep_empty_every, "slice_axis": options.axis,
+        "keep_empty_every": options.keep_empty_every, "empty_rule": options.empty_rule,
+        "drop_edge_slices": options.drop_edge_slices, "slice_axis": options.axis,
     }
     return write_samples(
         volumes, lambda v, p, r: volume_slices(v, src, options, p, r), out, options.class_names, settings, problems
