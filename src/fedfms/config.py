@@ -53,9 +53,15 @@ class ModelConfig(_Strict):
     ``checkpoint`` is given. ``checkpoint`` is a local file or folder: Meta's
     ``sam_vit_*.pth``, a MedSAM checkpoint, a transformers folder, another LiteMedSAM
     checkpoint, or a fedfms checkpoint (the whole model). ``prompt`` is the fixed prompt of the
-    prompt-free decoder: ``none`` (no prompt token; the SAM ViTs) or ``full_box`` (a
+    prompt-free decoder: ``none`` (no prompt token, the learned no-mask embedding added to the
+    image embedding: what Meta's SAM does without prompts; the default for the SAM ViTs),
+    ``bare`` (neither: what the FedFMS reference code's decoder does) or ``full_box`` (a
     whole-image box; the default for ``litemedsam``, which was trained with boxes only, see
-    :mod:`fedfms.models.litemedsam`). ``nnunet_plan`` is filled in by the
+    :mod:`fedfms.models.litemedsam`). ``input_norm`` (SAM ViTs): ``imagenet`` (default: the
+    mean/std SAM was pretrained with) or ``unit`` (the [0, 1] image as it is, as the reference
+    feeds it); LiteMedSAM always scales each image min-max. ``head``: ``conv`` (a 1x1 conv from
+    the 4 mask tokens to C classes) or, for one class, ``token0`` (mask token 0's logits, no
+    head: the reference's one-class model). ``nnunet_plan`` is filled in by the
     run itself, from the clients' data fingerprints merged before planning (FednnU-Net);
     leave it unset.
     """
@@ -67,7 +73,9 @@ class ModelConfig(_Strict):
     image_size: int = Field(1024, ge=32)
     checkpoint: Path | None = None
     pretrained: bool | None = None
-    prompt: Literal["full_box", "none"] | None = None
+    prompt: Literal["full_box", "none", "bare"] | None = None
+    input_norm: Literal["imagenet", "unit"] | None = None
+    head: Literal["conv", "token0"] = "conv"
     adapter_ratio: float = Field(0.25, gt=0, le=1)
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -89,8 +97,13 @@ class ModelConfig(_Strict):
             return self
         if self.backbone == "litemedsam" and self.image_size != LITEMEDSAM_IMAGE_SIZE:
             raise ValueError(f"backbone litemedsam takes {LITEMEDSAM_IMAGE_SIZE} px input, not image_size {self.image_size}")
-        if self.backbone != "litemedsam" and self.prompt == "full_box":
-            raise ValueError(f"prompt full_box is offered for backbone litemedsam, not {self.backbone}")
+        lite = self.backbone == "litemedsam"
+        if self.prompt == ("bare" if lite else "full_box"):
+            raise ValueError(f"prompt {self.prompt} is not offered for backbone {self.backbone}")
+        if lite and self.input_norm is not None:
+            raise ValueError("litemedsam normalises its input itself (per-image min-max); leave input_norm unset")
+        if self.head == "token0" and self.num_classes != 1:
+            raise ValueError(f"head token0 gives one class; num_classes is {self.num_classes} (use head: conv)")
         if self.backbone != "litemedsam" and self.pretrained and self.checkpoint is None:
             raise ValueError(f"pretrained {self.backbone} needs model.checkpoint (SAM weights are the "
                              "user's own file); set pretrained: false for random initialisation")
@@ -123,12 +136,16 @@ class DataConfig(_Strict):
     server has no data: ``root`` stays unset, each hospital's SuperNode is given its own folder
     (node config ``data-dir``) and ``clients`` lists the site names the server waits for.
     ``unseen`` is the leave-one-client-out test site: it never trains, its whole data is test.
+    Every other client splits its cases ``val_fraction`` into validation; ``val_count`` says how
+    the count is rounded (``round``; the reference code's ``floor_plus_one`` for volumes and
+    ``floor`` for fundus images, see :mod:`fedfms.data.splits`).
     """
 
     root: Path | None = None
     clients: list[str] | None = None
     unseen: str | None = None
     val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_count: Literal["round", "floor_plus_one", "floor"] = "round"
     split_seed: int = 0
 
 

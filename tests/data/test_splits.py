@@ -13,6 +13,7 @@ from fedfms.data import (
     load_split,
     save_split,
     train_val_split,
+    validation_cases,
 )
 
 
@@ -77,3 +78,15 @@ def test_refusals(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         load_split(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("cases, rule, expected", [
+    (20, "round", 2), (20, "floor_plus_one", 3), (20, "floor", 2),  # the reference: n // 10 + 1 for volumes
+    (9, "round", 1), (9, "floor_plus_one", 1), (9, "floor", 0),  # ... int(0.1 n) for fundus images
+    (2, "floor_plus_one", 1), (1, "floor_plus_one", 0),  # a client always keeps a training case
+])
+def test_validation_case_counts_by_rule(cases, rule, expected):
+    assert validation_cases(cases, 0.1, rule) == expected
+    if cases >= 2:
+        train, val = train_val_split(manifest("A", cases), 0.1, val_count=rule)
+        assert len(val) == 5 * expected and len(train) == 5 * (cases - expected)

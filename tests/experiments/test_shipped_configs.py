@@ -22,6 +22,12 @@ def test_paper_matrix_has_every_table1_model_and_client(name):
     cells = [cell_config(experiment, m, u) for u in folds(experiment) for m in experiment.models]
     assert {c.model.backbone for c in cells if c.model.arch == "sam"} == {"vit_b", "vit_l"}
     assert all(c.train.batch_size == 6 and c.train.lr == 1e-4 and c.federation.rounds == 100 for c in cells)
+    sam = [c for c in cells if c.model.arch == "sam"]  # the reference code's choices, by name
+    assert all(c.model.prompt == "bare" and c.model.input_norm == "unit" for c in sam)
+    assert all(c.model.head == ("conv" if name == "fundus" else "token0") for c in sam)
+    assert all(c.train.optimizer_state == "keep" and c.train.precision == "fp32" for c in cells)
+    volumes = name in ("prostate", "brain_tumour")
+    assert all(c.data.val_count == ("floor_plus_one" if volumes else "floor") for c in cells)
 
 
 @pytest.mark.parametrize("name", ["demo", "prostate_fedmsa"])

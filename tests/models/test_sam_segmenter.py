@@ -8,6 +8,7 @@ import torch
 from transformers import SamModel
 from transformers.models.sam.modeling_sam import SamVisionSdpaAttention
 
+from fedfms.config import ModelConfig
 from fedfms.models import build_model
 from fedfms.models.sam import sam_config
 
@@ -78,3 +79,34 @@ def test_decoder_gives_transformers_masks_in_token_order(tiny_cfg, tiny_images) 
         weight, bias = model.head.weight[:, :, 0, 0], model.head.bias
         by_hand = torch.einsum("ck,bkhw->bchw", weight, ours) + bias[None, :, None, None]
         torch.testing.assert_close(model(tiny_images), by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_choices_bare_prompt_unit_input_and_token0_head(tiny_cfg, tiny_images) -> None:
+    """The FedFMS reference code's model, by name: no prompt embeddings at all in the decoder,
+    the [0, 1] image straight into the encoder, mask token 0 as the one-class output."""
+    torch.manual_seed(0)
+    ours = build_model(tiny_cfg()).eval()
+    reference = build_model(tiny_cfg(prompt="bare", input_norm="unit", head="token0")).eval()
+    reference.sam.load_state_dict(ours.sam.state_dict())
+    assert not list(reference.head.parameters())
+    with torch.no_grad():
+        ours.sam.prompt_encoder.no_mask_embed.weight.normal_()
+        embeddings = reference.embed(tiny_images)
+        torch.testing.assert_close(embeddings, ours.sam.vision_encoder(tiny_images).last_hidden_state)
+        assert not torch.allclose(embeddings, ours.embed(tiny_images))  # imagenet mean/std by default
+        masks = reference.decode(embeddings)
+        torch.testing.assert_close(reference(tiny_images), masks[:, :1])
+        assert not torch.allclose(masks, ours.decode(embeddings))  # the no-mask embedding matters
+        ours.sam.prompt_encoder.no_mask_embed.weight.zero_()
+        torch.testing.assert_close(masks, ours.decode(embeddings))  # ... and is all "bare" leaves out
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"head": "token0", "num_classes": 2}, "one class"),
+    ({"backbone": "litemedsam", "input_norm": "unit"}, "min-max"),
+    ({"backbone": "litemedsam", "prompt": "bare"}, "not offered"),
+    ({"backbone": "vit_b", "prompt": "full_box"}, "not offered"),
+])
+def test_choices_that_do_not_fit_the_backbone_are_refused(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**fields)

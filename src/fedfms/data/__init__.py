@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedfms.data.manifest import ClientManifest, ManifestError, SampleRecord, find_clients, read_manifest
-from fedfms.data.splits import FoldSplit, leave_one_client_out, load_split, save_split, train_val_split
+from fedfms.data.splits import (
+    FoldSplit,
+    leave_one_client_out,
+    load_split,
+    save_split,
+    train_val_split,
+    validation_cases,
+)
 from fedfms.data.synthetic import make_synthetic_federation, write_raw_federation
 from fedfms.data.validate import DataValidationError
 from fedfms.data.writer import ClientExistsError, ClientWriter
@@ -36,6 +43,7 @@ __all__ = [
     "read_manifest",
     "save_split",
     "train_val_split",
+    "validation_cases",
     "write_raw_federation",
 ]
 

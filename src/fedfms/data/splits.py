@@ -7,6 +7,11 @@ validation case when the client has two or more cases and ``val_fraction > 0``, 
 training case always. A client with a single case trains on all of it (with a warning): no
 case is ever split between train and validation. The 9:1 ratio is therefore over cases; the
 sample ratio follows it up to the cases' sizes.
+
+``val_count`` names how many cases validate (``n`` cases, fraction ``f``): ``round`` (the rule
+above), or the reference code's: ``floor_plus_one`` (``int(n f) + 1``: its volume datasets,
+``n // 10 + 1``) and ``floor`` (``int(n f)``: its fundus images, one case per image), each
+kept between 0 and ``n - 1`` so that a client always trains.
 """
 
 from __future__ import annotations
@@ -28,16 +33,29 @@ def _rng(seed: int, client: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def train_val_split(manifest: ClientManifest, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
+VAL_COUNTS = ("round", "floor_plus_one", "floor")
+
+
+def validation_cases(n_cases: int, val_fraction: float, rule: str = "round") -> int:
+    """How many of ``n_cases`` cases validate under ``rule`` (see the module docstring)."""
+    if rule not in VAL_COUNTS:
+        raise ValueError(f"unknown val_count {rule!r}; choose one of {VAL_COUNTS}")
+    if n_cases < 2 or val_fraction == 0:
+        return 0
+    count = {"round": max(1, round(n_cases * val_fraction)), "floor_plus_one": int(n_cases * val_fraction) + 1,
+             "floor": int(n_cases * val_fraction)}[rule]
+    return min(count, n_cases - 1)
+
+
+def train_val_split(manifest: ClientManifest, val_fraction: float = 0.1, seed: int = 0,
+                    val_count: str = "round") -> tuple[list[int], list[int]]:
     """Sample indices ``(train, val)`` of one client, split by ``case_id`` (see the module rule)."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
     cases = sorted(manifest.case_ids)
     if len(cases) == 1 and val_fraction > 0:
         warnings.warn(f"client {manifest.client!r} has a single case: all of it is training, none validation", stacklevel=2)
-    n_val = 0
-    if len(cases) >= 2 and val_fraction > 0:
-        n_val = min(max(1, round(len(cases) * val_fraction)), len(cases) - 1)
+    n_val = validation_cases(len(cases), val_fraction, val_count)
     _rng(seed, manifest.client).shuffle(cases)
     val_cases = set(cases[:n_val])
     train = [i for i, s in enumerate(manifest.samples) if s.case_id not in val_cases]
@@ -65,7 +83,8 @@ def check_same_classes(manifests: Mapping[str, ClientManifest]) -> list[str]:
 
 
 def leave_one_client_out(
-    manifests: Mapping[str, ClientManifest], unseen: str, val_fraction: float = 0.1, seed: int = 0
+    manifests: Mapping[str, ClientManifest], unseen: str, val_fraction: float = 0.1, seed: int = 0,
+    val_count: str = "round",
 ) -> FoldSplit:
     """``unseen``'s whole data is test; every other client splits by case into train/val."""
     if unseen not in manifests:
@@ -77,7 +96,7 @@ def leave_one_client_out(
         if name == unseen:
             continue
         manifest = manifests[name]
-        tr, va = train_val_split(manifest, val_fraction, seed)
+        tr, va = train_val_split(manifest, val_fraction, seed, val_count)
         train[name] = [manifest.samples[i].id for i in tr]
         val[name] = [manifest.samples[i].id for i in va]
     return FoldSplit(unseen, train, val, [s.id for s in manifests[unseen].samples])

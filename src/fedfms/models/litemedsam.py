@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from fedfms.models.adapters import Adapter, side_branch_names
-from fedfms.models.segmenter import NUM_MASK_TOKENS, PromptFreeSegmenter
+from fedfms.models.segmenter import PromptFreeSegmenter, class_head
 from fedfms.models.state import CheckpointError, check_state, copy_state
 
 IMAGE_SIZE = 256
@@ -94,16 +94,16 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
     ``(B, 3, 256, 256)`` -> ``(B, C, 256, 256)`` logits.
 
     ``self.lite`` is the package's ``MedSAMLite`` (its parameter names are the checkpoint's);
-    ``self.head`` is ``Conv2d(4, C, 1)``. Random initialisation (``pretrained: false``) is the
+    ``self.head`` is ``Conv2d(4, C, 1)`` (or mask token 0: ``head: token0``). Random initialisation (``pretrained: false``) is the
     package's own: TinyViT's truncated-normal linear layers, PyTorch defaults elsewhere.
     """
 
-    def __init__(self, num_classes: int, prompt: str = "full_box") -> None:
+    def __init__(self, num_classes: int, prompt: str = "full_box", head: str = "conv") -> None:
         super().__init__()
         if prompt not in PROMPTS:
             raise ValueError(f"unknown LiteMedSAM prompt {prompt!r}; choose one of {PROMPTS}")
         self.lite = _package().build_lite_medsam()
-        self.head = nn.Conv2d(NUM_MASK_TOKENS, num_classes, kernel_size=1)
+        self.head = class_head(num_classes, head)
         self.prompt = prompt
 
     @property

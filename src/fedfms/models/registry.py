@@ -46,9 +46,10 @@ def construct_model(cfg: ModelConfig) -> nn.Module:
     lite = cfg.backbone == "litemedsam"
     model: PromptFreeSegmenter
     if lite:
-        model = LiteMedSamSegmenter(cfg.num_classes, cfg.prompt or "full_box")
+        model = LiteMedSamSegmenter(cfg.num_classes, cfg.prompt or "full_box", cfg.head)
     else:
-        model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes)
+        model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes,
+                             cfg.input_norm or "imagenet", cfg.head, cfg.prompt or "none")
     encoder = model.image_encoder
     blocks = tinyvit_blocks(encoder) if lite else list(encoder.layers)
     if cfg.mode == "msa":

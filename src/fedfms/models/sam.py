@@ -4,11 +4,14 @@
 ``(B, 256, S/16, S/16)`` -> mask decoder with no user prompt, all 4 mask tokens
 ``(B, 4, S/4, S/4)`` -> 1x1 convolution ``(B, C, S/4, S/4)`` class logits.
 
-Prompt-free choice: the decoder sees no sparse prompt at all (only its IoU token and its 4 mask
-tokens) and the learned "no mask" dense embedding added to the image embedding. That is what
-Meta's ``Sam`` does when it is given neither points, boxes nor masks, so it is reproducible
-against the reference modeling code; the public FedMSA code instead feeds a dummy point at (0, 0),
-which adds a prompt token that depends on a meaningless location.
+Prompt-free choice (``prompt``): by default (``none``) the decoder sees no sparse prompt at all
+(only its IoU token and its 4 mask tokens) and the learned "no mask" dense embedding added to
+the image embedding: what Meta's ``Sam`` does when it is given neither points, boxes nor masks,
+so it is reproducible against Meta's modeling code. The FedFMS reference code feeds a dummy
+point at (0, 0) through the prompt encoder, but its decoder then discards both prompt
+embeddings: no prompt token and no dense embedding; ``bare`` reproduces that.
+Input normalisation (``input_norm``): SAM's ImageNet mean/std (``imagenet``, default, what the
+pretrained weights expect) or the [0, 1] image as it is (``unit``, as the reference feeds it).
 
 Backbone presets keep the official shapes (ViT-B/L/H, patch 16, window 14, 256-wide neck and
 decoder). ``tiny`` is a 2-block, 32-wide model with the same structure for CPU tests and demos.
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 from transformers import SamConfig, SamModel
 
-from fedfms.models.segmenter import NUM_MASK_TOKENS, PromptFreeSegmenter
+from fedfms.models.segmenter import NUM_MASK_TOKENS, PromptFreeSegmenter, class_head
 
 PATCH_SIZE = 16
 PRETRAINING_IMAGE_SIZE = 1024
@@ -105,17 +108,21 @@ _DEFAULT_INIT_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.LayerNorm, 
 
 
 class SamSegmenter(PromptFreeSegmenter):
-    """SAM without prompts plus a 1x1 class head: ``(B, 3, S, S)`` -> ``(B, C, S/4, S/4)`` logits.
+    """SAM without prompts plus a class head: ``(B, 3, S, S)`` -> ``(B, C, S/4, S/4)`` logits.
 
     ``self.sam`` is a complete transformers ``SamModel`` (its parameter names are the ones
-    pretrained weights are mapped onto); ``self.head`` is ``Conv2d(4, C, 1)``. Pixel
-    normalisation (SAM's ImageNet mean/std on a 0-255 scale) uses non-persistent buffers.
+    pretrained weights are mapped onto); ``self.head`` is ``Conv2d(4, C, 1)`` (``head="conv"``)
+    or mask token 0 for one class (``"token0"``). Pixel normalisation (SAM's ImageNet mean/std on
+    a 0-255 scale, with ``input_norm="imagenet"``) uses non-persistent buffers.
     """
 
-    def __init__(self, config: SamConfig, num_classes: int) -> None:
+    def __init__(self, config: SamConfig, num_classes: int, input_norm: str = "imagenet",
+                 head: str = "conv", prompt: str = "none") -> None:
         super().__init__()
         self.sam = SamModel(config)
-        self.head = nn.Conv2d(NUM_MASK_TOKENS, num_classes, kernel_size=1)
+        self.head = class_head(num_classes, head)
+        self.input_norm = input_norm
+        self.prompt = prompt
         self.register_buffer(
             "pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False
         )
@@ -158,7 +165,7 @@ class SamSegmenter(PromptFreeSegmenter):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, S/16, S/16)`` image embeddings."""
-        pixels = (images * 255.0 - self.pixel_mean) / self.pixel_std
+        pixels = (images * 255.0 - self.pixel_mean) / self.pixel_std if self.input_norm == "imagenet" else images
         return self.sam.vision_encoder(pixels).last_hidden_state
 
     def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -171,11 +178,12 @@ class SamSegmenter(PromptFreeSegmenter):
         batch, channels, height, width = embeddings.shape
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
         tokens = tokens.expand(batch, 1, -1, -1)
-        no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, channels, 1, 1)
+        if self.prompt == "none":
+            embeddings = embeddings + self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, channels, 1, 1)
         positions = self.sam.get_image_wide_positional_embeddings().expand(batch, -1, -1, -1)
         queries, keys = decoder.transformer(
             point_embeddings=tokens,
-            image_embeddings=embeddings + no_mask,
+            image_embeddings=embeddings,
             image_positional_embeddings=positions,
             attention_similarity=None,
         )

@@ -17,12 +17,26 @@ from torch import nn
 NUM_MASK_TOKENS = 4
 
 
+class FirstMaskToken(nn.Module):
+    """One-class "head" of the reference code: ``(B, 4, H, W)`` -> mask token 0, ``(B, 1, H, W)``."""
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        return masks[:, :1]
+
+
+def class_head(num_classes: int, kind: str = "conv") -> nn.Module:
+    """``conv``: ``Conv2d(4, C, 1)`` over the 4 mask tokens; ``token0``: :class:`FirstMaskToken`."""
+    if kind == "token0":
+        return FirstMaskToken()
+    return nn.Conv2d(NUM_MASK_TOKENS, num_classes, kernel_size=1)
+
+
 class PromptFreeSegmenter(nn.Module):
     """Base of :class:`~fedfms.models.sam.SamSegmenter` and
     :class:`~fedfms.models.litemedsam.LiteMedSamSegmenter`; subclasses set ``head`` and
     implement :meth:`embed`, :meth:`decode` and the three part accessors."""
 
-    head: nn.Conv2d
+    head: nn.Module
 
     @property
     def image_encoder(self) -> nn.Module:

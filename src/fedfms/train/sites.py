@@ -82,7 +82,7 @@ def load_site(directory: Path, config: RunConfig) -> Site:
     if manifest.num_classes != config.model.num_classes:
         raise SiteError(f"{directory}: client {manifest.client!r} has {manifest.num_classes} classes "
                         f"{manifest.class_names}, the model has {config.model.num_classes}")
-    train, val = train_val_split(manifest, config.data.val_fraction, config.data.split_seed)
+    train, val = train_val_split(manifest, config.data.val_fraction, config.data.split_seed, config.data.val_count)
     return Site(directory, manifest, train, val)
 
 
@@ -113,5 +113,6 @@ def save_run_split(config: RunConfig) -> None:
     if config.data.unseen is None:
         return
     manifests = {m.client: m for m in (read_manifest(p) for p in ordered_clients(config.data))}
-    split = leave_one_client_out(manifests, config.data.unseen, config.data.val_fraction, config.data.split_seed)
+    split = leave_one_client_out(manifests, config.data.unseen, config.data.val_fraction, config.data.split_seed,
+                                 config.data.val_count)
     save_split(split, config.output_dir / "split.json")
