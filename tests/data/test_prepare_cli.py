@@ -52,3 +52,17 @@ def test_cli_module_does_not_import_torch():
     code = "import sys, fedfms.data, fedfms.data.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_pannuke_command_names_clients_by_tissue(tmp_path):
+    from test_prepare_nuclei_sources import write_pannuke_fold
+
+    write_pannuke_fold(tmp_path / "pannuke", 1, ["Adrenal_gland", "Uterus", "Colon"])
+    args = ["pannuke", str(tmp_path / "pannuke"), str(tmp_path / "out"), "--tissue", "Adrenal_gland=Adrenal",
+            "--tissue", "Uterus", "--image-size", "16", "--mask-size", "16", "--no-progress"]
+    result = runner.invoke(prepare_app, args)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in find_clients(tmp_path / "out")] == ["Adrenal", "Uterus"]
+    result = runner.invoke(prepare_app, ["pannuke", str(tmp_path / "pannuke"), str(tmp_path / "all"), "--image-size", "16",
+                                         "--mask-size", "16", "--no-progress"])
+    assert [p.name for p in find_clients(tmp_path / "all")] == ["Adrenal_gland", "Colon", "Uterus"]

@@ -159,20 +159,68 @@ def monuseg_command(
     mask_size: MaskSize = 256,
     overwrite: Overwrite = False,
     progress: Progress = True,
+    one_client: Annotated[bool, typer.Option(help="a MoNuSeg root as ONE client (all organs pooled, as in the paper; default name MoNuSeg)")] = False,
 ) -> None:
-    """MoNuSeg: one PNG per nucleus -> binary nuclei mask (union); organs as clients."""
+    """MoNuSeg: one PNG per nucleus -> binary nuclei mask (union); one client per organ, or
+    --one-client."""
     from fedfms.data.prepare.monuseg import organ_folders, prepare_monuseg
 
     def job():
+        if one_client:
+            return [prepare_monuseg(src, _output(out, client or "MoNuSeg", image_size, mask_size, overwrite, False, progress),
+                                    tile, limit)]
         organs = organ_folders(src) or [src]
         if client and len(organs) > 1:
-            raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder")
+            raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder "
+                             "(or use --one-client)")
         return [
             prepare_monuseg(organ, _output(out, client or organ.name, image_size, mask_size, overwrite, False, progress), tile, limit)
             for organ in organs
         ]
 
     _run(job)
+
+
+@prepare_app.command("pannuke")
+def pannuke_command(
+    src: Src,
+    out: Out,
+    tissue: Annotated[list[str] | None, typer.Option(
+        help="tissue type as types.npy spells it, optionally =CLIENT (e.g. Adrenal_gland=Adrenal); repeat; default: every type")] = None,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """PanNuke: the published fold arrays -> one client per tissue type (union of the nucleus channels)."""
+    from fedfms.data.prepare.pannuke import prepare_pannuke, tissue_types
+
+    def job():
+        chosen = [t.partition("=") for t in tissue] if tissue else [(t, "", "") for t in tissue_types(src)]
+        return [prepare_pannuke(src, _output(out, name or kind, image_size, mask_size, overwrite, False, progress), kind, limit)
+                for kind, _, name in chosen]
+
+    _run(job)
+
+
+@prepare_app.command("monusac")
+def monusac_command(
+    src: Src,
+    out: Out,
+    client: Client = None,
+    tile: Annotated[int | None, typer.Option(help="cut each image into squares of this side (default: resize whole)")] = None,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """MoNuSAC: images with XML polygon annotations (patient folders) -> one client (default name MoNuSAC)."""
+    from fedfms.data.prepare.monusac import prepare_monusac
+
+    _run(lambda: prepare_monusac(src, _output(out, client or "MoNuSAC", image_size, mask_size, overwrite, False, progress),
+                                 tile, limit))
 
 
 @prepare_app.command("synthetic")

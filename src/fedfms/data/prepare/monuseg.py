@@ -39,7 +39,7 @@ def find_cases(organ_dir: Path, problems: Problems) -> list[Path]:
     return cases
 
 
-def load_case(case: Path, organ_dir: Path, problems: Problems) -> RawSample | None:
+def load_case(case: Path, root: Path, problems: Problems) -> RawSample | None:
     """Read the tile and the union of its instance masks: image (3, H, W), mask (1, H, W)."""
     images = [p for p in sorted((case / "images").iterdir()) if is_image_file(p)]
     instances = [p for p in sorted((case / "masks").iterdir()) if is_image_file(p)]
@@ -64,32 +64,34 @@ def load_case(case: Path, organ_dir: Path, problems: Problems) -> RawSample | No
                 ):
                     np.maximum(union, mask, out=union, casting="unsafe")
     record = SampleRecord(
-        id=safe_id(case.name), case_id=case.name, source=images[0].relative_to(organ_dir).as_posix(),
-        mask_source=(case / "masks").relative_to(organ_dir).as_posix(),
+        id=safe_id(case.name), case_id=case.name, source=images[0].relative_to(root).as_posix(),
+        mask_source=(case / "masks").relative_to(root).as_posix(),
     )
     return RawSample(image_to_unit(image), union[None] != 0, record)
 
 
 def prepare_monuseg(
-    organ_dir: Path, out: OutputSpec, tile: int | None = None, limit: int | None = None
+    src: Path, out: OutputSpec, tile: int | None = None, limit: int | None = None
 ) -> PrepareReport:
-    """Prepare one MoNuSeg organ folder as one client (class ``nuclei``).
+    """Prepare MoNuSeg as one client (class ``nuclei``): one organ folder, or a whole MoNuSeg
+    root with every organ's cases pooled (MoNuSeg as one site among other nuclei sources, as
+    in the paper; one client per organ is :func:`organ_folders` + one call per organ).
 
     ``tile``: cut each source tile into ``tile``-pixel squares before resizing (None: resize the
     whole tile). ``limit``: only the first N cases (quick trials, tests).
     """
-    organ_dir = Path(organ_dir)
-    problems = Problems(source=organ_dir)
-    cases = find_cases(organ_dir, problems)
+    src = Path(src)
+    problems = Problems(source=src)
+    cases = [case for organ in organ_folders(src) or [src] for case in find_cases(organ, problems)]
     cases = cases[:limit] if limit else cases
     problems.raise_if_any()
 
     def convert(case: Path, problems: Problems, report: PrepareReport) -> Iterator[RawSample]:
-        raw = load_case(case, organ_dir, problems)
+        raw = load_case(case, src, problems)
         if raw is not None:
             yield from tiled(raw, tile)
 
-    settings = {"converter": "monuseg", "source": str(organ_dir), "mask": "union of instance masks",
+    settings = {"converter": "monuseg", "source": str(src), "mask": "union of instance masks",
                 "image_scaling": "uint8 / 255", "tile": tile}
     return write_samples(cases, convert, out, CLASS_NAMES, settings, problems)
 

@@ -1,0 +1,107 @@
+"""Nuclei sources of the paper beside MoNuSeg, on tiny files written in their published formats:
+PanNuke's fold arrays (one client per tissue type) and MoNuSAC's XML polygons; MoNuSeg as one
+client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_helpers import out_spec, save_png
+from fedfms.data import read_manifest
+from fedfms.data.prepare import prepare_monusac, prepare_monuseg, prepare_pannuke, tissue_types
+from fedfms.data.validate import DataValidationError
+
+
+def _load_masks(client: Path) -> np.ndarray:
+    return np.stack([np.load(p) for p in sorted((client / "masks").glob("*.npy"))])
+
+
+def write_pannuke_fold(root: Path, fold: int, types: list[str], size: int = 16) -> None:
+    """``Fold N/images/foldN/{images,types}.npy`` and ``Fold N/masks/foldN/masks.npy``."""
+    n = len(types)
+    images = np.random.default_rng(fold).uniform(0, 255, (n, size, size, 3))  # float64, as published
+    masks = np.zeros((n, size, size, 6))
+    masks[:, 2:5, 2:5, 0] = 7  # a neoplastic nucleus (instance id 7)
+    masks[:, 10:12, 10:14, 4] = 3  # an epithelial one
+    masks[..., 5] = 1  # the background channel: not a nucleus
+    base = root / f"Fold {fold}"
+    (base / "images" / f"fold{fold}").mkdir(parents=True)
+    (base / "masks" / f"fold{fold}").mkdir(parents=True)
+    np.save(base / "images" / f"fold{fold}" / "images.npy", images)
+    np.save(base / "images" / f"fold{fold}" / "types.npy", np.array(types))
+    np.save(base / "masks" / f"fold{fold}" / "masks.npy", masks)
+
+
+def test_pannuke_one_client_per_tissue_with_the_union_of_nucleus_channels(tmp_path):
+    src = tmp_path / "pannuke"
+    write_pannuke_fold(src, 1, ["Adrenal_gland", "Uterus", "Adrenal_gland"])
+    write_pannuke_fold(src, 2, ["Uterus", "Adrenal_gland"])
+    assert tissue_types(src) == ["Adrenal_gland", "Uterus"]
+    report = prepare_pannuke(src, out_spec(tmp_path, "Adrenal", 16, 16), "Adrenal_gland")
+    manifest = read_manifest(tmp_path / "prepared" / "Adrenal")
+    assert report.samples == 3 and len(manifest.case_ids) == 3  # folds 1 (x2) and 2, each image a case
+    assert manifest.samples[0].source == "Fold 1/images/fold1/images.npy[0]"
+    masks = _load_masks(tmp_path / "prepared" / "Adrenal")
+    assert masks.shape == (3, 1, 16, 16) and (masks.sum(axis=(1, 2, 3)) == 9 + 8).all()  # both nuclei, no background
+
+
+def test_pannuke_unknown_tissue_and_mismatched_arrays_are_named(tmp_path):
+    src = tmp_path / "pannuke"
+    write_pannuke_fold(src, 1, ["Uterus", "Colon"])
+    with pytest.raises(DataValidationError, match="no image of tissue type 'Liver'; found: Colon, Uterus"):
+        prepare_pannuke(src, out_spec(tmp_path, "Liver", 16, 16), "Liver")
+    np.save(src / "Fold 1" / "images" / "fold1" / "types.npy", np.array(["Uterus"]))
+    with pytest.raises(DataValidationError, match="types.npy: 1 tissue types for 2 images"):
+        prepare_pannuke(src, out_spec(tmp_path, "Uterus", 16, 16), "Uterus")
+    assert not (tmp_path / "prepared" / "Uterus").exists()
+
+
+def write_monusac_image(folder: Path, name: str, regions: list[list[tuple[int, int]]], size: int = 20) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), 180, np.uint8)).save(folder / f"{name}.tif")
+    annotations = "".join(
+        f'<Annotation Id="{i}"><Attributes><Attribute Name="Lymphocyte"/></Attributes><Regions>'
+        f'<Region Id="{i}"><Vertices>' + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in region)
+        + "</Vertices></Region></Regions></Annotation>" for i, region in enumerate(regions, start=1))
+    (folder / f"{name}.xml").write_text(f"<Annotations>{annotations}</Annotations>")
+
+
+def test_monusac_polygons_filled_and_patients_as_cases(tmp_path):
+    src = tmp_path / "MoNuSAC"
+    square = [(2, 2), (6, 2), (6, 6), (2, 6)]  # a 5x5 filled square, edges included
+    write_monusac_image(src / "TCGA-55-1594", "TCGA-55-1594_1", [square])
+    write_monusac_image(src / "TCGA-55-1594", "TCGA-55-1594_2", [square, [(10, 10), (14, 10), (14, 14), (10, 14)]])
+    write_monusac_image(src / "TCGA-A2-A04X", "TCGA-A2-A04X_1", [square])
+    report = prepare_monusac(src, out_spec(tmp_path, "MoNuSAC", 20, 20))
+    manifest = read_manifest(tmp_path / "prepared" / "MoNuSAC")
+    assert report.samples == 3 and sorted(manifest.case_ids) == ["TCGA-55-1594", "TCGA-A2-A04X"]
+    masks = _load_masks(tmp_path / "prepared" / "MoNuSAC")
+    assert sorted(masks.sum(axis=(1, 2, 3)).tolist()) == [25, 25, 50]
+
+
+def test_monusac_unpaired_and_broken_annotations_are_named(tmp_path):
+    src = tmp_path / "MoNuSAC"
+    write_monusac_image(src / "P1", "P1_1", [[(2, 2), (6, 2), (6, 6)]])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "P1" / "P1_2.tif")
+    with pytest.raises(DataValidationError, match="P1_2.tif: image has no mask"):
+        prepare_monusac(src, out_spec(tmp_path, "a", 20, 20))
+    (src / "P1" / "P1_2.xml").write_text("<Annotations><Region><Vertex X='a' Y='1'/>")
+    with pytest.raises(DataValidationError, match="P1_2.xml: cannot read the XML"):
+        prepare_monusac(src, out_spec(tmp_path, "b", 20, 20))
+
+
+def test_monuseg_root_as_one_client(tmp_path):
+    root = tmp_path / "MoNuSeg"
+    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
+        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
+        nucleus = np.zeros((12, 12), np.uint8)
+        nucleus[3:6, 3:6] = 255
+        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
+    report = prepare_monuseg(root, out_spec(tmp_path, "MoNuSeg", 12, 12))
+    manifest = read_manifest(tmp_path / "prepared" / "MoNuSeg")
+    assert report.samples == 2 and sorted(manifest.case_ids) == ["TCGA-18-5592", "TCGA-A7-A13E"]
+    assert {s.source.split("/")[0] for s in manifest.samples} == {"breast", "liver"}
