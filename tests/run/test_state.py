@@ -48,3 +48,27 @@ def test_tracker_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path
         RunTracker(_config(tmp_path, lr=1e-3), config.output_dir, kind="centralized", resume=True)
     resumed = RunTracker(_config(tmp_path, rounds=5), config.output_dir, kind="centralized", resume=True)
     assert resumed.first_round == 2 and resumed.best_round == 1 and resumed.best_score == 0.5
+
+
+def test_atomic_writes_leave_no_temporary_and_follow_the_umask(tmp_path):
+    import os
+
+    from fedfms.io import atomic_write, atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        atomic_write(tmp_path / "b.bin", lambda stream: stream.write(b"\x00\x01"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.json").read_text() == "{}" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin"]
+
+    def fail(stream):
+        stream.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "a.json", fail)
+    assert (tmp_path / "a.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 2

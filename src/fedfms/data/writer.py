@@ -29,12 +29,7 @@ from fedfms.data.manifest import (
     read_manifest,
 )
 from fedfms.errors import FedfmsError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from fedfms.io import atomic_write_text, umask
 
 
 class ClientExistsError(FedfmsError, FileExistsError):
@@ -46,20 +41,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ClientWriter:
@@ -110,7 +91,7 @@ class ClientWriter:
         else:
             self.out_root.mkdir(parents=True, exist_ok=True)
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-", dir=self.out_root))
-            self._dir.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a client folder is an ordinary folder
+            self._dir.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a client folder is an ordinary folder
         (self._dir / IMAGES_DIR).mkdir(exist_ok=True)
         (self._dir / MASKS_DIR).mkdir(exist_ok=True)
         return self

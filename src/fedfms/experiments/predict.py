@@ -43,6 +43,7 @@ from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file
 from fedfms.data.prepare.nifti import Channels, slice_channels
 from fedfms.data.validate import Problems, check_finite
 from fedfms.errors import FedfmsError
+from fedfms.io import umask
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +74,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` to a hidden temporary sibling of ``path`` with the same suffix, then rename."""
     suffix = split_suffix(path)[1]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())  # the user's usual permissions, not mkstemp's 0600
     os.close(fd)
     try:
         write(Path(tmp))

@@ -13,7 +13,14 @@ from flwr.clientapp import ClientApp
 
 from fedfms.config import RunConfig
 from fedfms.federated import protocol as P
-from fedfms.federated.site import describe, frozen_digest, node_model_config, node_run_config, site_directory, site_model
+from fedfms.federated.site import (
+    describe,
+    frozen_digest,
+    node_model_config,
+    node_run_config,
+    site_directory,
+    site_model,
+)
 from fedfms.federated.wire import encode_update, from_record
 from fedfms.models import load_trainable_state, trainable_state
 from fedfms.run.log import console_logging

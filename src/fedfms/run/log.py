@@ -13,13 +13,15 @@ Rows (``kind``):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from fedfms.io import atomic_write_text
 
 logger = logging.getLogger("fedfms")
 
@@ -65,10 +67,8 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
-    os.replace(tmp, path)
+    """Write JSON atomically (see :mod:`fedfms.io`)."""
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=True))
 
 
 class RunLog:
@@ -81,9 +81,7 @@ class RunLog:
     def truncate_after(self, last_round: int) -> None:
         """Keep only rows of rounds <= ``last_round`` (used when resuming)."""
         rows = [r for r in read_rows(self.run_dir) if r.get("round", 0) <= last_round]
-        tmp = self.run_dir / f".{METRICS}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.run_dir / METRICS)
+        atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
         self._write_csv(rows)
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -94,12 +92,11 @@ class RunLog:
         self._write_csv(read_rows(self.run_dir))
 
     def _write_csv(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.run_dir / f".{SCORES_CSV}.tmp"
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(r for r in rows if r["kind"] == "eval")
-        os.replace(tmp, self.run_dir / SCORES_CSV)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["kind"] == "eval")
+        atomic_write_text(self.run_dir / SCORES_CSV, table.getvalue())
 
 
 def round_summary(round_: int, total: int, rows: list[dict[str, Any]]) -> dict[str, Any]:

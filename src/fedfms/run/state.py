@@ -14,7 +14,6 @@ atomically after that, so an interrupted write never leaves a checkpoint that re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedfms.errors import FedfmsError
+from fedfms.io import atomic_write_text
 
 TRAINABLE = "trainable.safetensors"
 STRATEGY = "strategy.safetensors"
@@ -66,12 +66,6 @@ def _write_folder(target: Path, trainable: dict[str, torch.Tensor], strategy: di
         raise
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_round(run_dir: Path, trainable: dict[str, torch.Tensor], strategy: dict[str, torch.Tensor],
                state: RoundState, is_best: bool) -> None:
     """Persist the state after ``state.round``; keep only this round and the best one."""
@@ -81,7 +75,7 @@ def save_round(run_dir: Path, trainable: dict[str, torch.Tensor], strategy: dict
     if is_best:
         _write_folder(root / "best", trainable, strategy, state)
     previous = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
-    _atomic_text(root / LATEST, name)
+    atomic_write_text(root / LATEST, name)
     if previous and previous != name:
         shutil.rmtree(root / previous, ignore_errors=True)
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from fedfms.data import ClientDataset
+from fedfms.io import atomic_write
 from fedfms.models.segmenter import PromptFreeSegmenter
 from fedfms.models.state import state_digest
 from fedfms.train.device import autocast
@@ -57,17 +57,6 @@ def cache_context(model: PromptFreeSegmenter, image_size: int, dtype: torch.dtyp
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 class EmbeddingDataset(Dataset):
@@ -112,7 +101,7 @@ def cached_embeddings(
             with autocast(device, dtype):
                 embeddings = model.embed(batch)
             for i, embedding in zip(chunk, embeddings.float().cpu().numpy().astype(np.float16)):
-                _save_atomic(paths[i], embedding)
+                atomic_write(paths[i], lambda stream, array=embedding: np.save(stream, array))
         model.train(was_training)
         seconds = time.perf_counter() - start
         logger.info("%s: %d embeddings in %.0f s (%.2f s per image)", desc, len(missing), seconds, seconds / len(missing))

@@ -16,8 +16,8 @@ from fedfms.config import EvaluationConfig, TrainConfig
 from fedfms.models.memory import set_gradient_checkpointing
 from fedfms.train.device import autocast, resolve_precision
 from fedfms.train.losses import proximal_term, segmentation_loss
-from fedfms.train.optimizer import local_optimizer
 from fedfms.train.metrics import ScoreAccumulator
+from fedfms.train.optimizer import local_optimizer
 
 
 @dataclass(frozen=True)

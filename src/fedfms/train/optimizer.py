@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedfms.config import RunConfig, TrainConfig
+from fedfms.io import atomic_write
 
 logger = logging.getLogger("fedfms")
 
@@ -62,14 +62,7 @@ class KeptOptimizerState:
     def save(self, optimizer: torch.optim.Optimizer, round_: int) -> None:
         """Write the state after round ``round_`` (temporary file, then rename)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{self.path.stem}.", dir=self.path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save({"round": round_, "state": optimizer.state_dict()}, stream)
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        atomic_write(self.path, lambda stream: torch.save({"round": round_, "state": optimizer.state_dict()}, stream))
 
 
 def kept_state(config: RunConfig, client: str) -> KeptOptimizerState | None:
