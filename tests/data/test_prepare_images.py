@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from fedfms.data import read_manifest
+from fedfms.data.validate import DataValidationError
 from fedfms.data.prepare import MASK_PRESETS, ImageOptions, MaskEncoding, binary_encoding, parse_levels, prepare_images
 from fedfms.data.prepare.common import tile_boxes
 
@@ -101,6 +102,9 @@ def test_threshold_jpeg_disc_only(tmp_path):
     prepare_images(tmp_path / "src", out_spec(tmp_path, mask_size=SIZE), ImageOptions(*MASK_PRESETS["disc-threshold"]))
     manifest, load = prepared(tmp_path)
     assert manifest.class_names == ["disc"] and abs(int(load("a", "masks").sum()) - 400) <= 8
+    with pytest.raises(DataValidationError, match="a.jpg: JPEG mask with the exact-value encoding 'nonzero'"):
+        prepare_images(tmp_path / "src", out_spec(tmp_path, "default", mask_size=SIZE),
+                       ImageOptions(*MASK_PRESETS["nonzero"]))  # the CLI's default encoding
 
 
 def test_instance_tif_and_16bit_nifti_images(tmp_path):

@@ -103,7 +103,7 @@ def images_command(
     src: Src,
     out: Out,
     client: Client = None,
-    preset: Annotated[str | None, typer.Option(help="palette-disc-cup | grey-disc-cup | rgb-cup0-disc128 | disc-threshold | inverted-binary | binary | nonzero")] = None,
+    preset: Annotated[str | None, typer.Option(help="palette-disc-cup | grey-disc-cup | rgb-cup0-disc128 | palette-rim-cup | grey-rim-cup | rgb-cup0-rim128 | disc-threshold | inverted-binary | binary | nonzero (the default without --preset/--encoding: any non-zero value is foreground; refused for JPEG masks, whose compression noise would count)")] = None,
     classes: Annotated[str | None, typer.Option(help="class names, comma separated (e.g. disc,cup)")] = None,
     encoding: Annotated[str | None, typer.Option(help="levels | binary | threshold | nonzero")] = None,
     levels: Annotated[str | None, typer.Option(help="mask value -> classes, e.g. '0=,1=disc,2=disc+cup'")] = None,

@@ -121,9 +121,17 @@ class ImageOptions:
     upper_percentile: float = 99.0
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
 def load_pair(pair: Pair, options: ImageOptions, problems: Problems, src: Path) -> RawSample | None:
     """Read, check and decode one pair at source resolution (``None`` with problems recorded)."""
     image = read_image(pair.image, problems)
+    lossy = [m for m in pair.masks if m.suffix.lower() in LOSSY_SUFFIXES]
+    if lossy and options.encoding.kind != "threshold":
+        problems.add(lossy[0], f"JPEG mask with the exact-value encoding {options.encoding.kind!r}: compression noise "
+                               "would become foreground; use --encoding threshold --threshold 127 (or --preset disc-threshold)")
+        return None
     raw_masks = [read_mask(m, problems) for m in pair.masks]
     if image is None or any(m is None for m in raw_masks):
         return None
