@@ -151,3 +151,15 @@ def test_parse_levels():
     assert parse_levels("1:0,2:0,4:1", ["tumour"]) == {1: (), 2: (), 4: (0,)}
     with pytest.raises(ValueError, match="rim"):
         parse_levels("1=rim", ["disc"])
+
+
+def test_a_parent_of_two_sites_is_refused_not_merged(tmp_path):
+    for site in ("hospital-A", "hospital-B"):
+        save_png(tmp_path / "src" / site / "images" / "a.png", rgb())
+        save_png(tmp_path / "src" / site / "masks" / "a.png", np.full((SIZE, SIZE), 255, np.uint8))
+    with pytest.raises(DataValidationError, match="2 sources \\(hospital-A, hospital-B\\).*--client"):
+        prepare_images(tmp_path / "src", out_spec(tmp_path, mask_size=SIZE), ImageOptions(*MASK_PRESETS["binary"]))
+    assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").iterdir())
+    report = prepare_images(tmp_path / "src" / "hospital-A", out_spec(tmp_path, "A", mask_size=SIZE),
+                            ImageOptions(*MASK_PRESETS["binary"]))
+    assert report.samples == 1

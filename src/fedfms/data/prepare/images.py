@@ -156,8 +156,26 @@ def _rel(path: Path, src: Path) -> str:
     return path.relative_to(src).as_posix()
 
 
+SPLIT_DIR_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "rois"}
+
+
+def check_one_source(src: Path, problems: Problems) -> None:
+    """Image folders below ``src`` may differ only by split folders (train/, test/, ...): folders
+    of two sources (two hospitals' images/ + masks/) would silently merge into one client."""
+    sources: dict[tuple[str, ...], Path] = {}
+    for image_dir, _ in _image_folders(src):
+        parts = tuple(p for p in image_dir.parent.relative_to(src).parts if p.lower() not in SPLIT_DIR_NAMES)
+        sources.setdefault(parts, image_dir.parent)
+    if len(sources) > 1:
+        listing = ", ".join(str(p.relative_to(src)) for p in sources.values())
+        problems.add(src, f"holds the images/ + masks/ folders of {len(sources)} sources ({listing}), which would merge "
+                          "into one client; prepare each folder as its own client (--client NAME)")
+
+
 def collect_pairs(src: Path, options: ImageOptions, problems: Problems, report: PrepareReport) -> list[Pair]:
-    """Structure checks: pairing, duplicate sample ids, empty client; ``limit`` keeps the first N."""
+    """Structure checks: one source, pairing, duplicate sample ids, empty client; ``limit``
+    keeps the first N."""
+    check_one_source(src, problems)
     found = discover_pairs(src, options.class_names, options.mask_suffix)
     unpaired = [str(p) for p in (*found.unpaired_images, *found.unpaired_masks)]
     if unpaired and options.skip_unpaired:
