@@ -109,6 +109,17 @@ def test_drop_all_empty_and_multiclass_label_map(tmp_path):
     assert mask.shape == (2, 8, 8) and (mask[0] == mask[1]).all() and mask.sum() > 0
 
 
+def test_an_all_background_label_volume_is_reported(tmp_path):
+    src = tmp_path / "src"
+    volume_pair(src, "c1", depth=4)
+    empty_image, empty_labels = volume_pair(src, "c2", depth=4)
+    save_nifti(empty_labels, np.zeros((24, 24, 4), np.uint8))
+    report = prepare_nifti(src, out_spec(tmp_path), preset("prostate"))
+    assert [w for w in report.warnings if "c2" in w and "all background" in w]
+    assert not [w for w in report.warnings if "c1" in w]
+    assert "warning:" in report.summary()
+
+
 def test_four_d_singleton_and_nnunet_suffix(tmp_path):
     src = tmp_path / "src"
     image = np.random.default_rng(1).uniform(0, 1, (16, 16, 3, 1)).astype(np.float32)

@@ -41,13 +41,15 @@ def test_tracker_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path
     tracker = RunTracker(config, config.output_dir, kind="centralized")
     rows = [{"kind": "eval", "round": 1, "client": "a", "role": "train", "split": "val", "dice": 0.5, "iou": 0.4,
              "images": 3}]
-    tracker.end_round(1, {"w": torch.ones(1)}, {}, rows, 1.0, [])
+    tracker.end_round(1, {"w": torch.ones(1)}, {}, rows, 100.0, [])
     with pytest.raises(ResumeError, match="--resume"):
         RunTracker(config, config.output_dir, kind="centralized")
     with pytest.raises(ResumeError, match="configuration differs"):
         RunTracker(_config(tmp_path, lr=1e-3), config.output_dir, kind="centralized", resume=True)
     resumed = RunTracker(_config(tmp_path, rounds=5), config.output_dir, kind="centralized", resume=True)
     assert resumed.first_round == 2 and resumed.best_round == 1 and resumed.best_score == 0.5
+    final = [{**rows[0], "dice_per_class": [0.5], "iou_per_class": [0.4]}]
+    assert resumed.finish(final, ["organ"], {})["seconds"] >= 100.0  # the first session's round counts too
 
 
 def test_atomic_writes_leave_no_temporary_and_follow_the_umask(tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from fedfms.config import RunConfig, save_config
-from fedfms.run.log import RunLog, console_line, round_summary, write_json
+from fedfms.run.log import RunLog, console_line, read_rows, round_summary, write_json
 from fedfms.run.state import LATEST, ResumeError, RoundState, load_best, load_latest, save_round
 
 logger = logging.getLogger("fedfms")
@@ -36,6 +36,7 @@ class RunTracker:
         self.kind = kind
         self.log = RunLog(run_dir)
         self.started = time.perf_counter()
+        self.earlier_seconds = 0.0  # the rounds of earlier sessions of a resumed run
         self.best_round: int | None = None
         self.best_score: float | None = None
         self.first_round = 1
@@ -56,6 +57,7 @@ class RunTracker:
             raise ResumeError(f"{self.run_dir}: the configuration differs from the one the run was started "
                               "with (only federation.rounds may change on resume)")
         self.log.truncate_after(state.round)
+        self.earlier_seconds = sum(r["seconds"] for r in read_rows(self.run_dir) if r["kind"] == "round")
         self.first_round = state.round + 1
         self.best_round, self.best_score = state.best_round, state.best_score
         self.resumed = (trainable, strategy)
@@ -95,7 +97,7 @@ class RunTracker:
             "unseen": self.config.data.unseen,
             "best_round": self.best_round,
             "rounds": self.config.federation.rounds,
-            "seconds": time.perf_counter() - self.started,
+            "seconds": self.earlier_seconds + time.perf_counter() - self.started,
             "model": self.config.model.model_dump(mode="json"),
             "evaluation": self.config.evaluation.model_dump(mode="json"),
             "clients": {r["client"]: {k: r[k] for k in ("role", "split", "dice", "iou", "dice_per_class",

@@ -190,6 +190,9 @@ def volume_slices(volume: Volume, src: Path, options: NiftiOptions, problems: Pr
     mask = options.label_map.decode(depth_first, len(options.class_names), volume.mask, problems)  # (C, D, H, W)
     if mask is None:
         return
+    if not mask.any():
+        report.warnings.append(f"{volume.mask}: no voxel of any class {options.class_names} (all background); "
+                               "its slices count as empty")
     scaled = np.moveaxis(clip_and_scale(image, options.upper_percentile), options.axis, 0)
     empty_seen = 0
     depth = scaled.shape[0]
