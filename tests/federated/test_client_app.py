@@ -6,7 +6,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
-from fedfms.federated.client_app import app
+from fedfms.federated.client_app import SiteFailure, app
 from fedfms.federated.wire import from_record, to_record
 from fedfms.models import build_model, trainable_state
 from fedfms.train.optimizer import kept_state, local_optimizer
@@ -92,3 +92,17 @@ def test_kept_optimizer_state_stays_at_the_site_across_rounds_and_a_resume(feder
 def test_reset_keeps_no_state(federation, tmp_path, run_config):
     config = run_config(federation, tmp_path / "run")
     assert config.train.optimizer_state == "reset" and kept_state(config, "site-A") is None
+
+
+def test_a_failing_site_reports_its_name_and_the_kind_of_error_only(federation, tmp_path, run_config, caplog):
+    config = run_config(federation, tmp_path / "run")
+    torch.manual_seed(0)
+    start = to_record(trainable_state(build_model(config.model)))
+    corrupt = sorted((federation / "site-A" / "images").iterdir())
+    for path in corrupt:
+        path.write_bytes(b"not an array")
+    with pytest.raises(SiteFailure) as failure:
+        _send(MessageType.TRAIN, config, federation / "site-A", start)
+    message = str(failure.value)
+    assert message.startswith("site-A: ") and "while handling train" in message
+    assert str(tmp_path) not in message and not any(p.stem in message for p in corrupt)  # no path, no sample name

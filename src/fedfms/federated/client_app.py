@@ -1,17 +1,22 @@
 """The ClientApp: what runs at each hospital. It answers three kinds of messages (see
 :mod:`fedfms.federated.protocol`): who am I (query), one local epoch (train) and scores of the
-global model on my data (evaluate). Images and masks never leave this process."""
+global model on my data (evaluate). Images and masks never leave this process, and neither do
+error details: a failing message is logged in full here, and the coordinator only learns the
+site and the kind of error (:class:`SiteFailure`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedfms.config import RunConfig
+from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.site import (
     describe,
@@ -32,6 +37,35 @@ from fedfms.train.sites import load_site, score_site, site_inputs
 
 logger = logging.getLogger("fedfms")
 app = ClientApp()
+Handler = Callable[[Message, Context], Message]
+
+
+class SiteFailure(FedfmsError, RuntimeError):
+    """A message failed at a site: names the site and the kind of error, nothing else (file
+    paths, case names and values stay in the site's own log)."""
+
+
+def _site_name(msg: Message, context: Context) -> str:
+    try:
+        return site_directory(context, _run_config(msg).data).name
+    except Exception:  # the failure may be in reading the configuration itself
+        return f"node {context.node_id}"
+
+
+def reported(handler: Handler) -> Handler:
+    """Run ``handler``; on an error log it here with its traceback and raise :class:`SiteFailure`."""
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:
+            site = _site_name(msg, context)
+            logger.exception("%s: the %s message failed", site, msg.metadata.message_type)
+            raise SiteFailure(f"{site}: {type(err).__name__} while handling {msg.metadata.message_type} "
+                              "(details in the site's log)") from None
+
+    return run
 
 
 def _run_config(msg: Message) -> RunConfig:
@@ -48,6 +82,7 @@ def _prepare(msg: Message, context: Context):
 
 
 @app.query()
+@reported
 def query(msg: Message, context: Context) -> Message:
     """Describe this node's data (counts, classes) and the digest of its frozen weights."""
     _, site, _, model = _prepare(msg, context)
@@ -56,6 +91,7 @@ def query(msg: Message, context: Context) -> Message:
 
 
 @app.query("fingerprint")
+@reported
 def fingerprint(msg: Message, context: Context) -> Message:
     """nnU-Net planning: statistics of this site's training split (no pixels), see
     :mod:`fedfms.train.planning`."""
@@ -66,6 +102,7 @@ def fingerprint(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@reported
 def train(msg: Message, context: Context) -> Message:
     """Load the global trainable tensors, train one local epoch, send the tensors back."""
     config, site, model_cfg, model = _prepare(msg, context)
@@ -96,6 +133,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@reported
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model: all data if this is the unseen client, else the validation split."""
     config, site, model_cfg, model = _prepare(msg, context)
