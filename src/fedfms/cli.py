@@ -7,12 +7,12 @@ import os
 
 import typer
 
+from fedfms.benchmarks.efficiency import efficiency_command
 from fedfms.data.cli import prepare_app
 from fedfms.errors import FedfmsError
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
-from fedfms.experiments.efficiency import efficiency_command
-from fedfms.experiments.predict import predict_command
 from fedfms.models.cli import models_command
+from fedfms.predict import predict_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Federated fine-tuning of Segment Anything (FedSAM, FedMSA) on multi-center medical images.")

@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+from data_helpers import save_png, volume_pair
 from typer.testing import CliRunner
 
 from fedfms.data import find_clients, read_manifest
 from fedfms.data.cli import prepare_app
-
-from data_helpers import save_png, volume_pair
 
 runner = CliRunner()
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from data_helpers import out_spec, save_nifti, save_png
 
 from fedfms.data import read_manifest
-from fedfms.data.validate import DataValidationError
 from fedfms.data.prepare import MASK_PRESETS, ImageOptions, MaskEncoding, binary_encoding, parse_levels, prepare_images
 from fedfms.data.prepare.common import tile_boxes
-
-from data_helpers import out_spec, save_nifti, save_png
+from fedfms.data.validate import DataValidationError
 
 SIZE = 40
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+from data_helpers import out_spec, save_nifti, volume_pair
 
 from fedfms.data import read_manifest
 from fedfms.data.prepare.encodings import MaskEncoding
-from fedfms.data.prepare.nifti import NiftiOptions, clip_and_scale, preset, prepare_nifti, slice_channels
-
-from data_helpers import out_spec, save_nifti, volume_pair
+from fedfms.data.prepare.nifti import NiftiOptions, clip_and_scale, prepare_nifti, preset, slice_channels
 
 
 def _load(client, sample_id):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import out_spec, save_png
 from PIL import Image
 
-from data_helpers import out_spec, save_png
 from fedfms.data import read_manifest
 from fedfms.data.prepare import prepare_monusac, prepare_monuseg, prepare_pannuke, tissue_types
 from fedfms.data.validate import DataValidationError

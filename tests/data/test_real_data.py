@@ -6,11 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from data_helpers import out_spec
 
 from fedfms.data import DataValidationError, read_manifest
 from fedfms.data.prepare import MASK_PRESETS, ImageOptions, binary_encoding, prepare_images, prepare_monuseg
-
-from data_helpers import out_spec
 
 ORGANS = ("breast", "kidney", "liver", "prostate")
 PROSTATE_SITES = ("BIDMC", "BMC", "HK", "RUNMC", "UCL")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from fedfms.data import find_clients, make_synthetic_federation, read_manifest, write_raw_federation
-from fedfms.data.prepare import ImageOptions, MASK_PRESETS, OutputSpec, prepare_images, prepare_nifti
-from fedfms.data.prepare.nifti import NiftiOptions
+from fedfms.data.prepare import MASK_PRESETS, ImageOptions, OutputSpec, prepare_images, prepare_nifti
 from fedfms.data.prepare.encodings import label_map_encoding
+from fedfms.data.prepare.nifti import NiftiOptions
 
 
 def arrays(client, kind):

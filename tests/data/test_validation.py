@@ -6,12 +6,11 @@ import gzip
 
 import numpy as np
 import pytest
+from data_helpers import out_spec, save_nifti, save_png, volume_pair
 
 from fedfms.data import DataValidationError, read_manifest
 from fedfms.data.prepare import ImageOptions, MaskEncoding, binary_encoding, prepare_images, prepare_nifti
 from fedfms.data.prepare.nifti import preset
-
-from data_helpers import out_spec, save_nifti, save_png, volume_pair
 
 GREY = np.full((16, 16), 100, np.uint8)
 BINARY = np.zeros((16, 16), np.uint8)

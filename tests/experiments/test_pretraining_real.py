@@ -10,7 +10,7 @@ import pytest
 
 from fedfms.config import RunConfig
 from fedfms.data.prepare import OutputSpec, prepare_monuseg
-from fedfms.experiments.centralized import train_centralized
+from fedfms.train.centralized import train_centralized
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,6 @@ from fedfms.federated.wire import (
     to_record,
 )
 
-
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from deployment import REPO, Deployment, free_port, https_get, make_certificates, plain_http_answers
 
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig, save_config
 from fedfms.run.log import read_rows
-
-from deployment import REPO, Deployment, free_port, https_get, make_certificates, plain_http_answers
 
 pytestmark = pytest.mark.deployment
 

@@ -36,7 +36,7 @@ def train_command(
     if set_:
         run = run.with_overrides(_overrides(set_))
     if centralized:
-        from fedfms.experiments.centralized import train_centralized
+        from fedfms.train.centralized import train_centralized
 
         results = train_centralized(run, resume=resume)
     else:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from fedfms.config import LITEMEDSAM_IMAGE_SIZE, ExperimentConfig, ModelConfig, RunConfig
-from fedfms.experiments.centralized import train_centralized
 from fedfms.federated.simulation import simulate
 from fedfms.run.state import LATEST
 from fedfms.run.tracker import RESULTS
+from fedfms.train.centralized import train_centralized
 from fedfms.train.sites import ordered_clients
 
 logger = logging.getLogger("fedfms")

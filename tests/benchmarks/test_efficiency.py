@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import typer
 
-from fedfms.config import ModelConfig
-from fedfms.experiments.efficiency import (
+from fedfms.benchmarks.efficiency import (
     efficiency_command,
     efficiency_markdown,
     measure_efficiency,
     run_efficiency,
 )
+from fedfms.config import ModelConfig
 
 POSITIVE = (
     "total_params", "learnable_params", "bytes_up_per_round", "bytes_up_down_per_round", "train_step_seconds",

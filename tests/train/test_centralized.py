@@ -4,8 +4,8 @@ import pytest
 
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
 from fedfms.data import load_split, make_synthetic_federation
-from fedfms.experiments.centralized import train_centralized
 from fedfms.run.log import read_rows
+from fedfms.train.centralized import train_centralized
 
 
 @pytest.fixture

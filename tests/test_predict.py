@@ -15,8 +15,8 @@ from typer import Typer
 from typer.testing import CliRunner
 
 from fedfms.config import ModelConfig
-from fedfms.experiments.predict import PredictError, Predictor, predict_command, predict_path
 from fedfms.models import CheckpointError, build_model, save_checkpoint
+from fedfms.predict import PredictError, Predictor, predict_command, predict_path
 
 AFFINE = np.array([[0.0, -0.8, 0.1, 12.5], [0.9, 0.0, 0.0, -40.0], [0.0, 0.2, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
 

@@ -1,0 +1,1 @@
+"""Benchmarks that measure fedfms itself: the paper's Table 2 (``fedfms efficiency``)."""
