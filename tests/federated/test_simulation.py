@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from fedfms.federated.wire import to_record
 from fedfms.models import build_model, load_checkpoint, trainable_state
 from fedfms.run.log import read_rows
 from fedfms.run.state import load_latest
+from fedfms.train.sites import SiteError
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,14 @@ def test_two_rounds_with_three_clients_train_two_and_test_the_unseen(federation,
         assert not set(split.train[client]) & set(split.val[client])
 
 
+def _corrupt_samples(client) -> None:
+    """Sample files that exist (the preflight passes) but do not load (the node fails in training)."""
+    for path in (client / "images").iterdir():
+        path.write_bytes(b"not an array")
+
+
 def test_a_failing_client_is_named_and_the_round_goes_on(federation, tmp_path, run_config):
-    shutil.rmtree(federation / "site-B" / "images")  # site-B's node fails when it reads a sample
+    _corrupt_samples(federation / "site-B")  # site-B's node fails when it reads a sample
     config = run_config(federation, tmp_path / "run", rounds=2, min_train_clients=1)
     results = simulate(config)
     rounds = [r for r in read_rows(config.output_dir) if r["kind"] == "round"]
@@ -68,7 +74,7 @@ def test_a_failing_client_is_named_and_the_round_goes_on(federation, tmp_path, r
 
 
 def test_too_few_answers_stop_the_run_with_the_reason(federation, tmp_path, run_config):
-    shutil.rmtree(federation / "site-B" / "images")
+    _corrupt_samples(federation / "site-B")
     config = run_config(federation, tmp_path / "run", rounds=2)  # default: every training client needed
     with pytest.raises(FederationError, match="site-B"):
         simulate(config)
@@ -123,3 +129,16 @@ def test_delta_fp16_uploads_half_the_bytes_and_trains_like_float32(federation, t
     after_delta, _, _ = load_latest(delta.output_dir)
     for name, tensor in after_full.items():
         torch.testing.assert_close(after_delta[name], tensor, rtol=0, atol=1e-5)
+
+
+def test_settings_and_folders_are_checked_before_the_engine_starts(federation, tmp_path, run_config):
+    """Errors that need no training come from the preflight, as one clear error naming the
+    folder, not as a client failure once the simulation runtime is up."""
+    wrong_classes = run_config(federation, tmp_path / "a").with_overrides({"model.num_classes": 2})
+    with pytest.raises(SiteError, match="site-A.*1 classes.*the model has 2"):
+        simulate(wrong_classes)
+    sample = sorted((federation / "site-B" / "masks").iterdir())[0]
+    sample.unlink()
+    with pytest.raises(SiteError, match=f"site-B: 1 sample file.*masks/{sample.stem}.npy"):
+        simulate(run_config(federation, tmp_path / "b"))
+    assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "b" / "split.json").exists()

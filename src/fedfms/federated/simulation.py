@@ -8,14 +8,34 @@ import os
 import warnings
 from typing import Any
 
+import torch
 from flwr.simulation import run_simulation
 
 from fedfms.config import RunConfig
 from fedfms.federated.client_app import app as client_app
 from fedfms.federated.server_app import server_app_for
-from fedfms.train.sites import ordered_clients, save_run_split
+from fedfms.models import build_model
+from fedfms.train.planning import needs_plan
+from fedfms.train.sites import (
+    check_site_files,
+    load_site,
+    ordered_clients,
+    save_run_split,
+)
 
 logger = logging.getLogger("fedfms")
+
+
+def preflight(config: RunConfig) -> None:
+    """What can be checked before the engine starts, so that a wrong setting or a broken folder
+    is one clear error in seconds instead of a client failure after Ray's start-up: every client
+    folder (manifest, classes against the model, sample files) and the model itself (input size,
+    pretrained weights file: built once here)."""
+    for directory in ordered_clients(config.data):
+        check_site_files(load_site(directory, config))
+    if not needs_plan(config):  # an nnU-Net is planned from the sites' fingerprints first
+        torch.manual_seed(config.train.seed)
+        build_model(config.model)
 
 
 def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
@@ -25,6 +45,7 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
     all, so clients train one after another and each uses every core).
     """
+    preflight(config)
     clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
     cores = os.cpu_count() or 1

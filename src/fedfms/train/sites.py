@@ -20,6 +20,7 @@ from fedfms.data import (
     save_split,
     train_val_split,
 )
+from fedfms.data.manifest import IMAGES_DIR, MASKS_DIR
 from fedfms.errors import FedfmsError
 from fedfms.train.device import resolve_device, resolve_precision
 from fedfms.train.embeddings import cached_embeddings, default_cache_root
@@ -84,6 +85,17 @@ def load_site(directory: Path, config: RunConfig) -> Site:
                         f"{manifest.class_names}, the model has {config.model.num_classes}")
     train, val = train_val_split(manifest, config.data.val_fraction, config.data.split_seed, config.data.val_count)
     return Site(directory, manifest, train, val)
+
+
+def check_site_files(site: Site) -> None:
+    """Every sample of the manifest has its image and mask array (a quick check before a run,
+    so a broken folder is named before any engine starts)."""
+    missing = [f"{kind}/{record.id}.npy" for record in site.manifest.samples for kind in (IMAGES_DIR, MASKS_DIR)
+               if not (site.directory / kind / f"{record.id}.npy").is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SiteError(f"{site.directory}: {len(missing)} sample file(s) listed in the manifest are missing: {shown}; "
+                        "prepare this client again")
 
 
 def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
