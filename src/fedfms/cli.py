@@ -29,9 +29,14 @@ app.command("predict")(predict_command)
 def main() -> None:
     """Console-script entry point. An error about the user's input or files (a config typo,
     corrupt data, a wrong checkpoint, a missing node) prints as one line and exits with 1;
-    ``FEDFMS_DEBUG=1`` shows its traceback instead."""
+    ``FEDFMS_DEBUG=1`` shows its traceback instead. Ctrl-C exits with 130 and says how to resume
+    (a simulated run also stops Flower's runtime, see :mod:`fedfms.federated.interrupt`)."""
     try:
         app()
+    except KeyboardInterrupt:
+        typer.secho("interrupted: completed rounds are on disk; run the same command with --resume to continue",
+                    fg=typer.colors.YELLOW, err=True)
+        raise SystemExit(130) from None
     except FedfmsError as err:
         if os.environ.get("FEDFMS_DEBUG"):
             raise

@@ -1,12 +1,12 @@
 """End to end in Flower's simulation runtime (Ray): 3 virtual SuperNodes, tiny SAM."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -80,18 +80,21 @@ def test_too_few_answers_stop_the_run_with_the_reason(federation, tmp_path, run_
         simulate(config)
 
 
-def test_resume_after_a_killed_run_reaches_the_final_round(federation, tmp_path, run_config):
+def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
     config = run_config(federation, tmp_path / "run", rounds=8)
     path = tmp_path / "run.yaml"
     save_config(config, path)
     command = [sys.executable, "-m", "fedfms.cli", "train", "--config", str(path)]
-    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     latest = config.output_dir / "checkpoints" / "LATEST"
     deadline = time.monotonic() + 180
     while not latest.exists() and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    helpers = psutil.Process(first.pid).children(recursive=True)  # Flower's Ray runtime: raylet, GCS, actors
+    first.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, stderr = first.communicate(timeout=30)
+    assert first.returncode == 130 and "--resume" in stderr and "last complete round on disk is round-" in stderr
+    assert helpers and not [p for p in helpers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert latest.exists(), "the first run never completed a round"
     assert not (config.output_dir / "results.json").exists(), "the run finished before it could be interrupted"
     killed_at = load_latest(config.output_dir)[2].round
