@@ -1,7 +1,10 @@
+import logging
+
 import pytest
 import torch
 
 from fedfms.config import DataConfig, FederationConfig, RunConfig
+from fedfms.run.log import RunLogError, read_rows
 from fedfms.run.state import ResumeError, RoundState, load_best, load_latest, save_round
 from fedfms.run.tracker import RunTracker
 
@@ -74,3 +77,46 @@ def test_atomic_writes_leave_no_temporary_and_follow_the_umask(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(tmp_path / "a.json", fail)
     assert (tmp_path / "a.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 2
+
+
+def _two_rounds(tmp_path):
+    config = _config(tmp_path, rounds=3)
+    tracker = RunTracker(config, config.output_dir, kind="centralized")
+    for round_, dice in ((1, 0.6), (2, 0.5)):  # round 1 stays the best
+        rows = [{"kind": "eval", "round": round_, "client": "a", "role": "train", "split": "val", "dice": dice,
+                 "iou": 0.4, "images": 3}]
+        tracker.end_round(round_, {"w": torch.full((1,), float(round_))}, {}, rows, 1.0, [])
+    return config
+
+
+def test_a_damaged_latest_round_falls_back_to_the_best_round(tmp_path):
+    config = _two_rounds(tmp_path)
+    latest = config.output_dir / "checkpoints" / "round-0002" / "trainable.safetensors"
+    latest.write_bytes(latest.read_bytes()[:20])  # truncated
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("fedfms").addHandler(handler)
+    try:
+        trainable, _, state = load_latest(config.output_dir)
+    finally:
+        logging.getLogger("fedfms").removeHandler(handler)
+    assert state.round == 1 and trainable["w"].item() == 1.0
+    assert any("round-0002" in w and "discarded" in w for w in warnings)
+    resumed = RunTracker(config, config.output_dir, kind="centralized", resume=True)
+    assert resumed.first_round == 2  # round 2 is trained again
+
+
+def test_a_torn_last_log_line_and_a_kill_inside_the_best_swap_are_recovered(tmp_path):
+    config = _two_rounds(tmp_path)
+    metrics = config.output_dir / "metrics.jsonl"
+    with metrics.open("a") as handle:
+        handle.write('{"kind": "eval", "rou')  # killed while appending
+    assert [r["round"] for r in read_rows(config.output_dir) if r["kind"] == "round"] == [1, 2]
+    root = config.output_dir / "checkpoints"
+    (root / "best").rename(root / ".best-old")  # killed between the two renames of the best swap
+    trainable, state = load_best(config.output_dir)
+    assert state.round == 1 and trainable["w"].item() == 1.0
+    metrics.write_text('{"kind": "round", "round": 1}\nnot json\n{"kind": "round", "round": 2}\n')
+    with pytest.raises(RunLogError, match="line 2"):
+        read_rows(config.output_dir)

@@ -21,9 +21,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fedfms.errors import FedfmsError
 from fedfms.io import atomic_write_text
 
 logger = logging.getLogger("fedfms")
+
+
+class RunLogError(FedfmsError, ValueError):
+    """A run's metrics log is damaged somewhere else than its last line."""
+
 
 METRICS = "metrics.jsonl"
 SCORES_CSV = "scores.csv"
@@ -63,7 +69,16 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise RunLogError(f"{path}: line {number} is not JSON (the log is damaged)") from None
+            logger.warning("%s: its last line is torn (a run killed while writing it); it is ignored", path)
+    return rows
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -14,12 +14,14 @@ atomically after that, so an interrupted write never leaves a checkpoint that re
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedfms.errors import FedfmsError
@@ -28,6 +30,7 @@ from fedfms.io import atomic_write_text
 TRAINABLE = "trainable.safetensors"
 STRATEGY = "strategy.safetensors"
 STATE = "state.json"
+logger = logging.getLogger("fedfms")
 LATEST = "LATEST"
 
 
@@ -84,19 +87,38 @@ def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch
     try:
         state = RoundState(**json.loads((folder / STATE).read_text()))
         return load_file(folder / TRAINABLE), load_file(folder / STRATEGY), state
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, SafetensorError) as err:
         raise ResumeError(f"{folder}: checkpoint is unreadable: {err}") from None
 
 
+def _best_folder(root: Path) -> Path:
+    """``best/``, or the previous best left by a kill between the two renames of its swap."""
+    best = root / "best"
+    return best if best.exists() or not (root / ".best-old").exists() else root / ".best-old"
+
+
 def load_latest(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RoundState]:
-    """The newest complete round of ``run_dir`` (trainable, strategy tensors, state)."""
-    pointer = run_dir / "checkpoints" / LATEST
+    """The newest complete round of ``run_dir`` (trainable, strategy tensors, state). If its
+    folder is unreadable (a damaged disk, a file edited by hand), the run falls back to the best
+    round's folder, which is complete too, and says which rounds it discards."""
+    root = run_dir / "checkpoints"
+    pointer = root / LATEST
     if not pointer.exists():
         raise ResumeError(f"{run_dir}: no complete round to resume from (missing {pointer})")
-    return _read_folder(run_dir / "checkpoints" / pointer.read_text().strip())
+    latest = root / pointer.read_text().strip()
+    try:
+        return _read_folder(latest)
+    except ResumeError as damaged:
+        try:
+            fallback = _read_folder(_best_folder(root))
+        except ResumeError:
+            raise damaged from None
+        logger.warning("%s; resuming from the best round, %d, instead: the rounds after it are discarded",
+                       damaged, fallback[2].round)
+        return fallback
 
 
 def load_best(run_dir: Path) -> tuple[dict[str, torch.Tensor], RoundState]:
     """The trainable tensors and state of the best round (by mean validation Dice)."""
-    trainable, _, state = _read_folder(run_dir / "checkpoints" / "best")
+    trainable, _, state = _read_folder(_best_folder(run_dir / "checkpoints"))
     return trainable, state

@@ -14,7 +14,14 @@ import torch
 
 from fedfms.config import RunConfig, save_config
 from fedfms.run.log import RunLog, console_line, read_rows, round_summary, write_json
-from fedfms.run.state import LATEST, ResumeError, RoundState, load_best, load_latest, save_round
+from fedfms.run.state import (
+    LATEST,
+    ResumeError,
+    RoundState,
+    load_best,
+    load_latest,
+    save_round,
+)
 
 logger = logging.getLogger("fedfms")
 RESULTS = "results.json"
