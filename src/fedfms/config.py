@@ -30,7 +30,7 @@ Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h", "litemedsam"]
 FineTuneMode = Literal["sam", "msa", "lora", "decoder"]
 LossName = Literal["bce", "dice_bce"]
 LITEMEDSAM_IMAGE_SIZE = 256
-StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"]
 MetricProtocol = Literal["standard", "paper"]
 
 
@@ -183,7 +183,11 @@ class TrainConfig(_Strict):
 class FederationConfig(_Strict):
     """Server side: rounds, aggregation, the tolerance for failing clients, and how client
     updates travel (``update_encoding``: ``full`` float32 tensors, or ``delta-fp16``, the
-    float16 difference to the global model: half the upload, see :mod:`fedfms.federated.wire`)."""
+    float16 difference to the global model: half the upload, see :mod:`fedfms.federated.wire`).
+    Robustness: an update that moved the model more than ``max_update_ratio`` times the
+    round's median distance is rejected and named (``null`` turns the screen off); the
+    ``fedmedian`` and ``fedtrimmedavg`` strategies (Flower's coordinate-wise median and trimmed
+    mean, trimming ``trimmed_beta`` at each end) aggregate robustly."""
 
     rounds: int = Field(100, ge=1)
     strategy: StrategyName = "fedavg"
@@ -194,6 +198,8 @@ class FederationConfig(_Strict):
     round_timeout_s: float | None = Field(None, gt=0)
     connect_timeout_s: float = Field(600.0, gt=0)
     update_encoding: Literal["full", "delta-fp16"] = "full"
+    max_update_ratio: float | None = Field(10.0, gt=1)
+    trimmed_beta: float = Field(0.2, gt=0, lt=0.5)
 
 
 class SimulationConfig(_Strict):

@@ -6,7 +6,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedfms.config import FederationConfig
-from fedfms.federated.server import Node, _screen
+from fedfms.federated.server import Node, _screen, _screen_norms
 from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import (
     UpdateRejected,
@@ -104,3 +104,26 @@ def test_delta_fp16_update_halves_the_bytes_and_decodes_to_the_local_weights():
     for k in local:
         torch.testing.assert_close(decoded[k], local[k], rtol=0, atol=1e-6)  # fp16 of the weights: ~1e-3
     assert not torch.allclose(local["w"].half().float(), local["w"], rtol=0, atol=1e-6)
+
+
+def test_an_update_far_beyond_the_rounds_median_is_rejected_and_named():
+    global_arrays = to_record({"w": torch.zeros(4)})
+    nodes = [Node(1, "A", 4, 1, 5, ["x"]), Node(2, "B", 4, 1, 5, ["x"]), Node(3, "huge", 4, 1, 5, ["x"])]
+    moves = {1: 0.1, 2: 0.2, 3: 3e37}
+    valid = [(n, _reply({"w": torch.full((4,), moves[n.node_id])}, 5, n.node_id)) for n in nodes]
+    failed = []
+    kept = _screen_norms(valid, global_arrays, 10.0, failed)
+    assert [n.client for n, _ in kept] == ["A", "B"]
+    assert len(failed) == 1 and failed[0].startswith("huge (train): update rejected") and "max_update_ratio" in failed[0]
+    two = _screen_norms(valid[1:], global_arrays, 10.0, [])  # two sites: the lower median still catches it
+    assert [n.client for n, _ in two] == ["B"]
+    assert _screen_norms(valid, global_arrays, None, []) == valid  # the screen can be turned off
+
+
+@pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg"])
+def test_robust_strategies_resist_one_outlier(name):
+    updates = [{"w": torch.tensor([1.0])}, {"w": torch.tensor([1.2])}, {"w": torch.tensor([0.8])},
+               {"w": torch.tensor([1.1])}, {"w": torch.tensor([1000.0])}]
+    strategy = make_strategy(FederationConfig(strategy=name, trimmed_beta=0.2), min_train_nodes=5)
+    arrays, _ = strategy.aggregate_train(1, [_reply(s, 5, i + 1) for i, s in enumerate(updates)])
+    assert 0.8 <= from_record(arrays)["w"].item() <= 1.2  # FedAvg would give 200.8

@@ -11,6 +11,7 @@ otherwise the run stops with the last complete round on disk, ready for ``--resu
 from __future__ import annotations
 
 import json
+import statistics
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from fedfms.federated.wire import (
     UpdateRejected,
     check_update,
     decode_update,
+    update_distance,
     from_record,
     record_shapes,
     to_record,
@@ -193,6 +195,26 @@ def _missing(value: Any) -> Any:
     return float("nan") if value == -1.0 else float(value)
 
 
+def _screen_norms(valid: list[tuple[Node, Message]], arrays: ArrayRecord, max_ratio: float | None,
+                  failed: list[str]) -> list[tuple[Node, Message]]:
+    """Drop updates that moved more than ``max_ratio`` times the round's (lower) median distance
+    from the global model: a broken or hostile site cannot blow up the average. The lower median
+    keeps the rule meaningful with two sites."""
+    if max_ratio is None or len(valid) < 2:
+        return valid
+    distances = [update_distance(reply.content[P.ARRAYS], arrays) for _, reply in valid]
+    reference = statistics.median_low(distances)
+    kept = []
+    for (node, reply), distance in zip(valid, distances):
+        if reference > 0 and distance > max_ratio * reference:
+            _failure(failed, node, "train", f"update rejected: it moved the model {distance:.3g} (L2), over "
+                                            f"{max_ratio:g} times the round's median {reference:.3g} "
+                                            "(federation.max_update_ratio)")
+        else:
+            kept.append((node, reply))
+    return kept
+
+
 def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what: str) -> None:
     for node in nodes:
         if node.node_id not in answered:
@@ -215,6 +237,10 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
     valid, rejected = _screen(replies, by_id, shapes)
     failed += rejected
     _name_missing(sampled, {node_id for node_id, _ in replies}, failed, "train")
+    received = {node.node_id: reply.content[P.ARRAYS].count_bytes() for node, reply in valid}  # as it travelled
+    for _, reply in valid:
+        reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
+    valid = _screen_norms(valid, arrays, config.federation.max_update_ratio, failed)
     if len(valid) < min_train:
         raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
                               f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
@@ -223,7 +249,7 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
              "loss_per_epoch": [float(v) for v in r.content[P.METRICS]["train-loss-per-epoch"]],
              "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
              "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": arrays.count_bytes(),
-             "bytes_received": r.content[P.ARRAYS].count_bytes()} for node, r in valid]
+             "bytes_received": received[node.node_id]} for node, r in valid]
     return valid, rows, failed
 
 
@@ -261,8 +287,6 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
         start = time.perf_counter()
         valid, rows, failed = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_, min_train)
         traffic = {"sent": rows[0]["bytes_sent"], "received": max(r["bytes_received"] for r in rows)}
-        for _, reply in valid:
-            reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
         arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             eval_rows, eval_failed = _evaluate(grid, nodes, arrays, config, round_, timeout)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg
 
 from fedfms.config import FederationConfig
 
@@ -29,6 +29,10 @@ def make_strategy(cfg: FederationConfig, min_train_nodes: int) -> FedAvg:
         return FedProx(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":
         return FedAdam(eta=cfg.server_lr, **common)
+    if cfg.strategy == "fedmedian":
+        return FedMedian(**common)
+    if cfg.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=cfg.trimmed_beta, **common)
     return FedAvg(**common)
 
 

@@ -12,6 +12,8 @@ Update encodings (``federation.update_encoding``):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
@@ -69,3 +71,10 @@ def check_update(update: ArrayRecord, expected: dict[str, tuple[int, ...]]) -> N
         values = array.numpy()
         if not np.isfinite(values).all():
             raise UpdateRejected(f"tensor {name!r} contains NaN or Inf")
+
+
+def update_distance(update: ArrayRecord, global_record: ArrayRecord) -> float:
+    """L2 norm of ``update - global`` over every tensor (float64): how far a client moved."""
+    total = sum(float(np.sum((update[k].numpy().astype(np.float64) - global_record[k].numpy()) ** 2))
+                for k in global_record.keys())
+    return math.sqrt(total)
