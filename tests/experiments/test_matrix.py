@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from fedfms.config import ExperimentConfig
+from fedfms.config import ConfigError, ExperimentConfig
 from fedfms.data import make_synthetic_federation
 from fedfms.experiments.matrix import cell_config, run_matrix
 from fedfms.experiments.report import loco_table, write_loco_report
@@ -52,11 +52,11 @@ def test_matrix_skips_finished_cells_resumes_interrupted_ones_and_reports(tmp_pa
 
 def test_pretrained_rows_need_weights_and_baselines_take_their_own_size(tmp_path):
     experiment = _experiment(tmp_path, ["site-A"]).model_copy(update={"baseline_image_size": 32})
-    with pytest.raises(ValueError, match="weights.tiny"):
+    with pytest.raises(ConfigError, match="weights.tiny.*FedMSA-PT"):
         cell_config(experiment, "FedMSA", "site-A")
     unet = cell_config(experiment, "FednnU-Net", "site-A")
     assert unet.model.arch == "nnunet" and unet.model.image_size == 32 and unet.data.unseen == "site-A"
-    with pytest.raises(ValueError, match="unknown model row"):
+    with pytest.raises(ConfigError, match="unknown model row"):
         cell_config(experiment, "FedGPT", "site-A")
 
 

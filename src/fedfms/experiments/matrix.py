@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfms.config import LITEMEDSAM_IMAGE_SIZE, ExperimentConfig, ModelConfig, RunConfig
+from fedfms.config import LITEMEDSAM_IMAGE_SIZE, ConfigError, ExperimentConfig, ModelConfig, RunConfig
 from fedfms.federated.simulation import simulate
 from fedfms.run.state import LATEST
 from fedfms.run.tracker import RESULTS
@@ -53,7 +53,7 @@ ROWS: dict[str, Row] = {
 def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunConfig:
     """The run configuration of one cell (row ``label``, fold ``unseen``)."""
     if label not in ROWS:
-        raise ValueError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}")
+        raise ConfigError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}")
     row = ROWS[label]
     base = RunConfig.model_validate({**experiment.base, "name": label})
     model: dict[str, Any] = {"arch": row.arch}
@@ -61,7 +61,7 @@ def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunCon
         backbone = experiment.backbones[row.size]
         checkpoint = experiment.weights.get(backbone) if row.pretrained else None
         if row.pretrained and checkpoint is None and backbone != "litemedsam":
-            raise ValueError(f"{experiment.name}: row {label} needs pretrained {backbone} weights; "
+            raise ConfigError(f"{experiment.name}: row {label} needs pretrained {backbone} weights; "
                              f"add weights.{backbone} (e.g. sam_{backbone}_*.pth) to the experiment, "
                              f"or use its random-initialisation row {label}-PT")
         image_size = LITEMEDSAM_IMAGE_SIZE if backbone == "litemedsam" else base.model.image_size
