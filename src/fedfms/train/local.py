@@ -65,7 +65,8 @@ def train_epoch(
     """
     if len(loader.dataset) == 0:
         raise ValueError(f"{desc}: no training samples")
-    optimizer = optimizer or local_optimizer(model, cfg, device)
+    if optimizer is None:
+        optimizer = local_optimizer(model, cfg, device)
     model.to(device).train()
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
