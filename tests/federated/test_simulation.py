@@ -80,6 +80,13 @@ def test_too_few_answers_stop_the_run_with_the_reason(federation, tmp_path, run_
         simulate(config)
 
 
+def _still_running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
     config = run_config(federation, tmp_path / "run", rounds=8)
     path = tmp_path / "run.yaml"
@@ -94,7 +101,8 @@ def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(f
     first.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, stderr = first.communicate(timeout=30)
     assert first.returncode == 130 and "--resume" in stderr and "last complete round on disk is round-" in stderr
-    assert helpers and not [p for p in helpers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(helpers, timeout=5)  # reaped by init once their parent is gone
+    assert helpers and not [p for p in alive if _still_running(p)]
     assert latest.exists(), "the first run never completed a round"
     assert not (config.output_dir / "results.json").exists(), "the run finished before it could be interrupted"
     killed_at = load_latest(config.output_dir)[2].round

@@ -42,6 +42,7 @@ def end_descendants(grace: float = GRACE_SECONDS) -> int:
     for child in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+    psutil.wait_procs(alive, timeout=grace)
     return len(children)
 
 

@@ -51,11 +51,10 @@ def construct_model(cfg: ModelConfig) -> nn.Module:
         model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes,
                              cfg.input_norm or "imagenet", cfg.head, cfg.prompt or "none")
     encoder = model.image_encoder
-    blocks = tinyvit_blocks(encoder) if lite else list(encoder.layers)
     if cfg.mode == "msa":
         (add_tinyvit_msa_adapters if lite else add_msa_adapters)(encoder, cfg.adapter_ratio)
     elif cfg.mode == "lora":
-        add_lora(blocks, cfg.lora_rank, cfg.lora_alpha)
+        add_lora(tinyvit_blocks(encoder) if lite else encoder.layers, cfg.lora_rank, cfg.lora_alpha)
     model.requires_grad_(True)
     if cfg.mode != "sam":
         encoder.requires_grad_(False)
@@ -95,7 +94,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         if cfg.uses_pretrained:
             load_litemedsam_weights(model, path)
     elif isinstance(model, SamSegmenter):
-        if path is not None:
+        if path is not None and cfg.uses_pretrained:
             load_pretrained(model, path, cfg.backbone)
     elif path is not None:
         raise CheckpointError(f"{path}: arch {cfg.arch!r} loads only fedfms checkpoints")
