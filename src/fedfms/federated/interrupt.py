@@ -1,10 +1,11 @@
 """Stopping a simulated run cleanly on Ctrl-C (SIGINT) or SIGTERM.
 
 Flower's simulation runtime keeps running when the driver gets SIGINT, and Ray's helper
-processes (raylet, GCS, dashboard and runtime-env agents) can outlive it. While a run is inside
-:func:`stop_cleanly`, either signal says which round is safely on disk and how to continue,
-ends every process the run started (children first asked, then killed), and exits with
-``128 + signal``.
+processes (raylet, GCS, dashboard and runtime-env agents, actors) can outlive it. While a run is
+inside :func:`stop_cleanly`, either signal says which round is safely on disk and how to
+continue, kills every process the run started and exits with ``128 + signal``. The helpers are
+killed, not asked to stop: when Ray's GCS shuts down, Ray's own watchdog in this process ends
+it at once with status 1, before it could finish its own cleanup.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import psutil
 from fedfms.run.state import LATEST
 
 logger = logging.getLogger("fedfms")
-GRACE_SECONDS = 3.0
 
 
 def last_saved_round(run_dir: Path) -> str:
@@ -31,18 +31,12 @@ def last_saved_round(run_dir: Path) -> str:
     return pointer.read_text().strip() if pointer.exists() else "none"
 
 
-def end_descendants(grace: float = GRACE_SECONDS) -> int:
-    """Terminate every descendant process of this one, kill those still alive after ``grace``
-    seconds; returns how many there were."""
+def kill_descendants() -> int:
+    """Kill every descendant process of this one; returns how many there were."""
     children = psutil.Process().children(recursive=True)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace)
-    for child in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-    psutil.wait_procs(alive, timeout=grace)
     return len(children)
 
 
@@ -51,13 +45,13 @@ def stop_cleanly(run_dir: Path) -> Iterator[None]:
     """Within this block SIGINT/SIGTERM end the run as the module docstring says."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        logger.warning("interrupted (%s): stopping the run's processes", signal.Signals(signum).name)
-        logging.getLogger("flwr").disabled = True  # its errors about the actors ended here are expected
-        stopped = end_descendants()
-        logger.warning("stopped %d helper process(es); the last complete round on disk is %s in %s; run the "
-                       "same command with --resume to continue (fedfms experiment and fedfms demo resume by "
-                       "themselves)", stopped, last_saved_round(run_dir), Path(run_dir) / "checkpoints")
+        helpers = len(psutil.Process().children(recursive=True))
+        logger.warning("interrupted (%s): stopping the run's %d helper process(es); the last complete round on "
+                       "disk is %s in %s; run the same command with --resume to continue (fedfms experiment and "
+                       "fedfms demo resume by themselves)", signal.Signals(signum).name, helpers,
+                       last_saved_round(run_dir), Path(run_dir) / "checkpoints")
         logging.shutdown()
+        kill_descendants()
         os._exit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
