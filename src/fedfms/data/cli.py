@@ -25,6 +25,7 @@ Append = Annotated[bool, typer.Option(help="add samples to an existing client wi
 Limit = Annotated[int | None, typer.Option(help="only the first N volumes / pairs / cases (quick trials)")]
 SkipUnpaired = Annotated[bool, typer.Option(help="skip images without masks (and masks without images) with a warning")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Tile = Annotated[int | None, typer.Option(help="cut each image into square tiles of this side before resizing (default: resize whole)")]
 
 
 def _output(
@@ -36,6 +37,13 @@ def _output(
         raise typer.BadParameter("--overwrite and --append exclude each other")
     mode = "overwrite" if overwrite else "append" if append else "create"
     return OutputSpec(out, client, image_size, mask_size, mode, progress)
+
+
+def _new_clients(
+    out: Path, image_size: int, mask_size: int, overwrite: bool, progress: bool
+) -> Callable[[str], OutputSpec]:
+    """``client name -> OutputSpec`` for converters that write new (or replaced) clients only."""
+    return lambda client: _output(out, client, image_size, mask_size, overwrite, False, progress)
 
 
 def _run(job: Callable[[], object]) -> None:
@@ -113,7 +121,7 @@ def images_command(
     nested: Annotated[bool | None, typer.Option(help="each class includes the later ones (disc includes cup)")] = None,
     case_regex: Annotated[str | None, typer.Option(help="regex whose first group of the file stem is the case id")] = None,
     mask_suffix: Annotated[str, typer.Option(help="suffix of mask stems to strip when pairing, e.g. _mask")] = "",
-    tile: Annotated[int | None, typer.Option(help="cut images into tiles of this side before resizing")] = None,
+    tile: Tile = None,
     skip_unpaired: SkipUnpaired = False,
     limit: Limit = None,
     image_size: ImageSize = 1024,
@@ -153,7 +161,7 @@ def monuseg_command(
     src: Annotated[Path, typer.Argument(help="an organ folder (one client) or the MoNuSeg root (one client per organ)", exists=True, file_okay=False)],
     out: Out,
     client: Client = None,
-    tile: Annotated[int | None, typer.Option(help="cut each tile into squares of this side (default: resize whole)")] = None,
+    tile: Tile = None,
     limit: Limit = None,
     image_size: ImageSize = 1024,
     mask_size: MaskSize = 256,
@@ -165,18 +173,16 @@ def monuseg_command(
     --one-client."""
     from fedfms.data.prepare.monuseg import organ_folders, prepare_monuseg
 
+    spec = _new_clients(out, image_size, mask_size, overwrite, progress)
+
     def job():
         if one_client:
-            return [prepare_monuseg(src, _output(out, client or "MoNuSeg", image_size, mask_size, overwrite, False, progress),
-                                    tile, limit)]
+            return [prepare_monuseg(src, spec(client or "MoNuSeg"), tile, limit)]
         organs = organ_folders(src) or [src]
         if client and len(organs) > 1:
             raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder "
                              "(or use --one-client)")
-        return [
-            prepare_monuseg(organ, _output(out, client or organ.name, image_size, mask_size, overwrite, False, progress), tile, limit)
-            for organ in organs
-        ]
+        return [prepare_monuseg(organ, spec(client or organ.name), tile, limit) for organ in organs]
 
     _run(job)
 
@@ -196,10 +202,11 @@ def pannuke_command(
     """PanNuke: the published fold arrays -> one client per tissue type (union of the nucleus channels)."""
     from fedfms.data.prepare.pannuke import prepare_pannuke, tissue_types
 
+    spec = _new_clients(out, image_size, mask_size, overwrite, progress)
+
     def job():
         chosen = [t.partition("=") for t in tissue] if tissue else [(t, "", "") for t in tissue_types(src)]
-        return [prepare_pannuke(src, _output(out, name or kind, image_size, mask_size, overwrite, False, progress), kind, limit)
-                for kind, _, name in chosen]
+        return [prepare_pannuke(src, spec(name or kind), kind, limit) for kind, _, name in chosen]
 
     _run(job)
 
@@ -209,7 +216,7 @@ def monusac_command(
     src: Src,
     out: Out,
     client: Client = None,
-    tile: Annotated[int | None, typer.Option(help="cut each image into squares of this side (default: resize whole)")] = None,
+    tile: Tile = None,
     limit: Limit = None,
     image_size: ImageSize = 1024,
     mask_size: MaskSize = 256,
@@ -219,8 +226,8 @@ def monusac_command(
     """MoNuSAC: images with XML polygon annotations (patient folders) -> one client (default name MoNuSAC)."""
     from fedfms.data.prepare.monusac import prepare_monusac
 
-    _run(lambda: prepare_monusac(src, _output(out, client or "MoNuSAC", image_size, mask_size, overwrite, False, progress),
-                                 tile, limit))
+    spec = _new_clients(out, image_size, mask_size, overwrite, progress)
+    _run(lambda: prepare_monusac(src, spec(client or "MoNuSAC"), tile, limit))
 
 
 @prepare_app.command("synthetic")

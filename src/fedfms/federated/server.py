@@ -11,8 +11,8 @@ otherwise the run stops with the last complete round on disk, ready for ``--resu
 from __future__ import annotations
 
 import json
-import statistics
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +31,10 @@ from fedfms.federated.wire import (
     UpdateRejected,
     check_update,
     decode_update,
-    update_distance,
     from_record,
     record_shapes,
     to_record,
+    update_distance,
 )
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
 from fedfms.models.baselines import DataFingerprint

@@ -98,6 +98,8 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
     package's own: TinyViT's truncated-normal linear layers, PyTorch defaults elsewhere.
     """
 
+    FOUNDATION = "lite"
+
     def __init__(self, num_classes: int, prompt: str = "full_box", head: str = "conv") -> None:
         super().__init__()
         if prompt not in PROMPTS:
@@ -105,18 +107,6 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
         self.lite = _package().build_lite_medsam()
         self.head = class_head(num_classes, head)
         self.prompt = prompt
-
-    @property
-    def image_encoder(self) -> nn.Module:
-        return self.lite.image_encoder
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.lite.mask_decoder
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.lite.prompt_encoder
 
     def train(self, mode: bool = True) -> LiteMedSamSegmenter:
         """Train/eval mode as usual, except that the encoder's BatchNorm layers always use

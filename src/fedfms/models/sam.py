@@ -116,6 +116,9 @@ class SamSegmenter(PromptFreeSegmenter):
     a 0-255 scale, with ``input_norm="imagenet"``) uses non-persistent buffers.
     """
 
+    FOUNDATION = "sam"
+    PARTS = ("vision_encoder", "mask_decoder", "prompt_encoder")
+
     def __init__(self, config: SamConfig, num_classes: int, input_norm: str = "imagenet",
                  head: str = "conv", prompt: str = "none") -> None:
         super().__init__()
@@ -150,18 +153,6 @@ class SamSegmenter(PromptFreeSegmenter):
                 layer.attn.rel_pos_w.zero_()
             gaussian.normal_()
             self.sam.prompt_encoder.shared_embedding.positional_embedding.copy_(gaussian)
-
-    @property
-    def image_encoder(self) -> nn.Module:
-        return self.sam.vision_encoder
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.sam.mask_decoder
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.sam.prompt_encoder
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, S/16, S/16)`` image embeddings."""

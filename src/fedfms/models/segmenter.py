@@ -33,23 +33,30 @@ def class_head(num_classes: int, kind: str = "conv") -> nn.Module:
 
 class PromptFreeSegmenter(nn.Module):
     """Base of :class:`~fedfms.models.sam.SamSegmenter` and
-    :class:`~fedfms.models.litemedsam.LiteMedSamSegmenter`; subclasses set ``head`` and
-    implement :meth:`embed`, :meth:`decode` and the three part accessors."""
+    :class:`~fedfms.models.litemedsam.LiteMedSamSegmenter`; subclasses set ``head``, name the
+    attribute holding the pretrained model (``FOUNDATION``) and its three parts' attribute
+    names (``PARTS``: image encoder, mask decoder, prompt encoder), and implement
+    :meth:`embed` and :meth:`decode`."""
 
+    FOUNDATION: str
+    PARTS: tuple[str, str, str] = ("image_encoder", "mask_decoder", "prompt_encoder")
     head: nn.Module
+
+    def _part(self, index: int) -> nn.Module:
+        return getattr(getattr(self, self.FOUNDATION), self.PARTS[index])
 
     @property
     def image_encoder(self) -> nn.Module:
         """The image encoder (frozen in every mode but ``sam``)."""
-        raise NotImplementedError
+        return self._part(0)
 
     @property
     def mask_decoder(self) -> nn.Module:
-        raise NotImplementedError
+        return self._part(1)
 
     @property
     def prompt_encoder(self) -> nn.Module:
-        raise NotImplementedError
+        return self._part(2)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, h, w)`` image embeddings."""
