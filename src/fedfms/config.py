@@ -38,6 +38,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class UNetConfig(_Strict):
+    """The MONAI U-Net baseline: ``channels`` per level (stride 2 between levels) and
+    ``res_units`` residual units per level."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    res_units: int = Field(2, ge=0)
+
+
+class NnUNetConfig(_Strict):
+    """The nnU-Net baseline, on nnunetv2 itself (see :mod:`fedfms.nnunet`).
+
+    ``recipe``: ``nnunet`` (nnU-Net's own trainer: Dice + CE with deep supervision, SGD with
+    Nesterov and a poly learning rate over the whole federated schedule, its data augmentation,
+    patches with foreground oversampling; ``iterations_per_round`` batches per local epoch) or
+    ``paper`` (the like-for-like setting of the FedFMS paper: whole images, fedfms' loss and
+    Adam from ``train``). ``gpu_memory_gb`` is the planner's memory target (nnU-Net's default 8).
+    ``augmentation_workers``: nnU-Net's data-augmentation processes at a site (0: in the
+    training process). Inference: sliding window with ``tile_step`` (fraction of the patch),
+    ``mirroring`` for test-time mirroring. ``plan`` (nnU-Net's plans and ``dataset.json``) is
+    made by the run from the sites' merged fingerprints; leave it unset.
+    """
+
+    recipe: Literal["nnunet", "paper"] = "nnunet"
+    gpu_memory_gb: float = Field(8.0, gt=0)
+    iterations_per_round: int = Field(250, ge=1)
+    augmentation_workers: int = Field(0, ge=0)
+    tile_step: float = Field(0.5, gt=0, le=1)
+    mirroring: bool = False
+    plan: dict[str, Any] | None = None
+
+
+_FORMER_FLAT_KEYS = {"unet_channels": ("unet", "channels"), "unet_res_units": ("unet", "res_units"),
+                     "nnunet_gpu_memory_gb": ("nnunet", "gpu_memory_gb")}
+
+
 class ModelConfig(_Strict):
     """Which segmenter to build and which of its parameters train (and travel).
 
@@ -61,9 +96,8 @@ class ModelConfig(_Strict):
     mean/std SAM was pretrained with) or ``unit`` (the [0, 1] image as it is, as the reference
     feeds it); LiteMedSAM always scales each image min-max. ``head``: ``conv`` (a 1x1 conv from
     the 4 mask tokens to C classes) or, for one class, ``token0`` (mask token 0's logits, no
-    head: the reference's one-class model). ``nnunet_plan`` is filled in by the
-    run itself, from the clients' data fingerprints merged before planning (FednnU-Net);
-    leave it unset.
+    head: the reference's one-class model). The baselines have their own sections: ``unet``
+    (:class:`UNetConfig`) and ``nnunet`` (:class:`NnUNetConfig`).
     """
 
     arch: Architecture = "sam"
@@ -79,10 +113,24 @@ class ModelConfig(_Strict):
     adapter_ratio: float = Field(0.25, gt=0, le=1)
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
-    unet_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    unet_res_units: int = Field(2, ge=0)
-    nnunet_gpu_memory_gb: float = Field(8.0, gt=0)
-    nnunet_plan: dict[str, Any] | None = None
+    unet: UNetConfig = UNetConfig()
+    nnunet: NnUNetConfig = NnUNetConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_of_former_flat_keys(cls, data: Any) -> Any:
+        """Configs and checkpoints written before the per-family sections: move their flat keys."""
+        if not isinstance(data, dict) or not any(key in data for key in (*_FORMER_FLAT_KEYS, "nnunet_plan")):
+            return data
+        data = dict(data)
+        if data.pop("nnunet_plan", None) is not None:
+            raise ValueError("this nnU-Net was planned and trained by fedfms' former re-statement of nnU-Net's "
+                             "rules, which nnunetv2 itself has replaced; its weights do not fit the new plans. "
+                             "Retrain it: `fedfms train CONFIG` (the plan is made again from the sites' data)")
+        for key, (section, field) in _FORMER_FLAT_KEYS.items():
+            if key in data:
+                data[section] = {**data.get(section, {}), field: data.pop(key)}
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from fedfms.config import save_config
+from fedfms.config import ModelConfig, save_config
 from fedfms.data import load_split
 from fedfms.federated.server import FederationError
 from fedfms.federated.simulation import simulate
@@ -115,16 +115,23 @@ def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(f
     assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
 
 
-def test_nnunet_is_planned_from_the_training_clients_merged_fingerprints(federation, tmp_path, run_config):
-    base = run_config(federation, tmp_path / "run", rounds=1)
-    config = base.model_copy(update={"model": base.model.model_copy(update={"arch": "nnunet"})})
+def test_fednnunet_plans_from_merged_fingerprints_and_trains_nnunets_recipe(federation, tmp_path, run_config):
+    base = run_config(federation, tmp_path / "run", rounds=2)
+    nnunet = {"recipe": "nnunet", "iterations_per_round": 2, "gpu_memory_gb": 0.05}
+    config = base.model_copy(update={
+        "model": ModelConfig(arch="nnunet", num_classes=1, image_size=64, nnunet=nnunet),
+        "train": base.train.model_copy(update={"state_dir": tmp_path / "site-state"})})
     results = simulate(config)
-    plan = results["model"]["nnunet_plan"]
+    plan = results["model"]["nnunet"]["plan"]
     split = load_split(config.output_dir / "split.json")
-    assert plan["fingerprint"]["num_samples"] == sum(len(ids) for ids in split.train.values())
-    assert plan["num_classes"] == 1 and plan["patch_size"] == [64, 64]
+    assert plan["dataset"]["numTraining"] == sum(len(ids) for ids in split.train.values())
+    assert plan["plans"]["configurations"]["2d"]["patch_size"] == [64, 64]
+    train_rows = [r for r in read_rows(config.output_dir) if r["kind"] == "train"]
+    assert [r["round"] for r in train_rows] == [1, 1, 2, 2]  # two sites, two rounds
+    assert all(len(r["loss_per_epoch"]) == 1 and r["loss"] == r["loss"] for r in train_rows)
+    assert results["rounds"] == 2 and 0.0 <= results["clients"]["site-C"]["dice"] <= 1.0
     model, model_cfg = load_checkpoint(config.output_dir / "best_model")
-    assert model_cfg.nnunet_plan == plan
+    assert model_cfg.nnunet.plan == plan and model_cfg.nnunet.recipe == "nnunet"
 
 
 def test_delta_fp16_uploads_half_the_bytes_and_trains_like_float32(federation, tmp_path, run_config):

@@ -23,13 +23,16 @@ logger = logging.getLogger("fedfms")
 @dataclass(frozen=True)
 class Row:
     """A model of Table 1: federated or not, architecture, SAM size (``base``: ViT-B, ``large``:
-    ViT-L by default, or whichever backbone the experiment names) and mode, pretrained or not."""
+    ViT-L by default, or whichever backbone the experiment names) and mode, pretrained or not;
+    for nnU-Net the training recipe (nnU-Net's own, or the paper's like-for-like BCE + Adam on
+    whole images: the ``-paper`` rows)."""
 
     federated: bool
     arch: str = "sam"
     size: str = "base"
     mode: str = "msa"
     pretrained: bool = True
+    recipe: str = "nnunet"
 
 
 def _sam_rows() -> dict[str, Row]:
@@ -47,6 +50,8 @@ ROWS: dict[str, Row] = {
     **_sam_rows(),
     "FedU-Net": Row(True, "unet", pretrained=False), "U-Net": Row(False, "unet", pretrained=False),
     "FednnU-Net": Row(True, "nnunet", pretrained=False), "nnU-Net": Row(False, "nnunet", pretrained=False),
+    "FednnU-Net-paper": Row(True, "nnunet", pretrained=False, recipe="paper"),
+    "nnU-Net-paper": Row(False, "nnunet", pretrained=False, recipe="paper"),
 }
 
 
@@ -69,6 +74,8 @@ def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunCon
                      image_size=image_size)
     else:
         model.update(checkpoint=None, image_size=experiment.baseline_image_size or base.model.image_size)
+        if row.arch == "nnunet":
+            model.update(nnunet={**base.model.nnunet.model_dump(), "recipe": row.recipe})
     return base.model_copy(update={
         "output_dir": experiment.output_dir / label / unseen,
         "model": ModelConfig.model_validate({**base.model.model_dump(), **model}),

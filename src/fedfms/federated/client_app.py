@@ -29,11 +29,9 @@ from fedfms.federated.site import (
 from fedfms.federated.wire import encode_update, from_record
 from fedfms.models import load_trainable_state, trainable_state
 from fedfms.run.log import console_logging
-from fedfms.train.device import resolve_device
-from fedfms.train.local import make_loader, train_epoch
-from fedfms.train.optimizer import kept_state, local_optimizer
-from fedfms.train.planning import site_fingerprint
-from fedfms.train.sites import load_site, score_site, site_inputs
+from fedfms.train.planning import fingerprint_site
+from fedfms.train.rounds import local_round
+from fedfms.train.sites import load_site, score_site
 
 logger = logging.getLogger("fedfms")
 app = ClientApp()
@@ -93,35 +91,24 @@ def query(msg: Message, context: Context) -> Message:
 @app.query("fingerprint")
 @reported
 def fingerprint(msg: Message, context: Context) -> Message:
-    """nnU-Net planning: statistics of this site's training split (no pixels), see
-    :mod:`fedfms.train.planning`."""
-    config = _run_config(msg)
+    """nnU-Net planning: nnU-Net's fingerprint of this site's training split (statistics, no
+    pixels), sampled as for the federation's ``total-cases`` (see :mod:`fedfms.nnunet.fingerprint`)."""
+    config = node_run_config(context, _run_config(msg))
     site = load_site(site_directory(context, config.data), config)
-    stats = site_fingerprint(site, config.model)
+    stats = fingerprint_site(site, config.model, int(msg.content[P.CONFIG][P.TOTAL_CASES]))
     return Message(RecordDict({P.INFO: ConfigRecord({P.FINGERPRINT: json.dumps(stats.to_dict())})}), reply_to=msg)
 
 
 @app.train()
 @reported
 def train(msg: Message, context: Context) -> Message:
-    """Load the global trainable tensors, train one local epoch, send the tensors back."""
+    """Load the global trainable tensors, train one local round, send the tensors back."""
     config, site, model_cfg, model = _prepare(msg, context)
     start = from_record(msg.content[P.ARRAYS])
     load_trainable_state(model, start)
     round_ = int(msg.content[P.CONFIG]["server-round"])
-    loader = make_loader(site_inputs(site, "train", model, config, model_cfg), config.train.batch_size, shuffle=True,
-                         seed=config.train.seed + round_, num_workers=config.train.num_workers)
-    device = resolve_device(config.train.device)
     mu = float(msg.content[P.CONFIG].get("proximal-mu", 0.0))
-    optimizer = local_optimizer(model, config.train, device)
-    kept = kept_state(config, site.name)
-    if kept is not None:
-        kept.restore(optimizer, round_)
-    epochs = [train_epoch(model, loader, config.train, model_cfg.num_classes, device, proximal_mu=mu,
-                          desc=f"{site.name} round {round_} epoch {epoch + 1}", optimizer=optimizer)
-              for epoch in range(config.train.local_epochs)]
-    if kept is not None:
-        kept.save(optimizer, round_)
+    epochs = local_round(model, [site], config, model_cfg, round_, site.name, proximal_mu=mu)
     losses = [e.loss for e in epochs]
     seconds = sum(e.seconds for e in epochs)
     logger.info("%s round %d: loss per epoch %s, %d samples in %.1f s", site.name, round_,

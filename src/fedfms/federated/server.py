@@ -37,9 +37,9 @@ from fedfms.federated.wire import (
     update_distance,
 )
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
-from fedfms.models.baselines import DataFingerprint
+from fedfms.nnunet.fingerprint import SiteFingerprint
 from fedfms.run.tracker import RunTracker
-from fedfms.train.planning import needs_plan, with_plan
+from fedfms.train.planning import needs_plan, plan_from_fingerprints, with_plan
 from fedfms.train.sites import client_info
 
 logger = logging.getLogger("fedfms")
@@ -121,9 +121,11 @@ def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
     return sorted(nodes, key=lambda n: n.client)
 
 
-def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) -> list[DataFingerprint]:
-    """Every training client's data fingerprint (for nnU-Net planning); all must answer."""
-    messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n.node_id,
+def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) -> list[SiteFingerprint]:
+    """Every training client's nnU-Net fingerprint (for planning); all must answer. Each samples
+    foreground pixels as nnU-Net would for the federation's number of training cases."""
+    total = _config_record(config, **{P.TOTAL_CASES: sum(n.num_train for n in trainers)})
+    messages = [Message(RecordDict({P.CONFIG: total}), dst_node_id=n.node_id,
                         message_type=f"{MessageType.QUERY}.fingerprint") for n in trainers]
     by_id = {n.node_id: n for n in trainers}
     fingerprints, errors = [], []
@@ -131,7 +133,7 @@ def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) ->
         if reply.has_error():
             errors.append(f"{by_id[node_id].label()}: {reply.error.reason}")
             continue
-        fingerprints.append(DataFingerprint.from_dict(json.loads(str(reply.content[P.INFO][P.FINGERPRINT]))))
+        fingerprints.append(SiteFingerprint.from_dict(json.loads(str(reply.content[P.INFO][P.FINGERPRINT]))))
     if errors or len(fingerprints) != len(trainers):
         raise FederationError("nnU-Net planning needs every training client's fingerprint: " + "; ".join(errors))
     return fingerprints
@@ -263,7 +265,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
         logger.warning("only one training client (%s): this federation is local training at one site, "
                        "FedAvg has nothing to average", trainers[0].client)
     if needs_plan(config):
-        config = with_plan(config, collect_fingerprints(grid, trainers, config))
+        config = with_plan(config, plan_from_fingerprints(config.model, collect_fingerprints(grid, trainers, config)))
     tracker = RunTracker(config, run_dir, kind="federated", resume=resume)
     by_id = {n.node_id: n for n in nodes}
     logger.info("clients: %s", ", ".join(f"{n.client} ({'unseen' if n not in trainers else f'{n.num_train} train / {n.num_val} val'})"

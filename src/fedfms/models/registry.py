@@ -64,16 +64,9 @@ def construct_model(cfg: ModelConfig) -> nn.Module:
 
 
 def _build_baseline(cfg: ModelConfig) -> nn.Module:
-    try:
-        from fedfms.models.baselines import NnUNetPlan, build_baseline
-    except ModuleNotFoundError as err:
-        if err.name != "fedfms.models.baselines":
-            raise
-        raise NotImplementedError(
-            f"arch {cfg.arch!r} needs fedfms.models.baselines, which this installation lacks"
-        ) from None
-    plan = NnUNetPlan.from_dict(cfg.nnunet_plan) if cfg.nnunet_plan is not None else None
-    return build_baseline(cfg.model_copy(update={"checkpoint": None}), plan)
+    from fedfms.models.baselines import build_baseline  # nnunetv2 and MONAI load only when used
+
+    return build_baseline(cfg)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

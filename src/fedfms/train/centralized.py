@@ -8,16 +8,13 @@ import time
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset
 
 from fedfms.config import RunConfig
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
 from fedfms.run.tracker import RunTracker
-from fedfms.train.device import resolve_device
-from fedfms.train.local import make_loader, train_epoch
-from fedfms.train.optimizer import kept_state, local_optimizer
-from fedfms.train.planning import needs_plan, site_fingerprint, with_plan
-from fedfms.train.sites import Site, client_info, load_site, ordered_clients, save_run_split, score_site, site_inputs
+from fedfms.train.planning import fingerprint_site, needs_plan, plan_from_fingerprints, with_plan
+from fedfms.train.rounds import local_round
+from fedfms.train.sites import Site, client_info, load_site, ordered_clients, save_run_split, score_site
 
 
 def _eval_rows(model: torch.nn.Module, sites: list[Site], config: RunConfig, round_: int) -> list[dict[str, Any]]:
@@ -36,31 +33,20 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     if not trainers:
         raise ValueError(f"{config.name}: no training client (all clients are the unseen one)")
     if needs_plan(config):
-        config = with_plan(config, [site_fingerprint(s, config.model) for s in trainers])
+        total = sum(len(s.train) for s in trainers)
+        config = with_plan(config, plan_from_fingerprints(config.model, [fingerprint_site(s, config.model, total)
+                                                                         for s in trainers]))
     tracker = RunTracker(config, config.output_dir, kind="centralized", resume=resume)
     save_run_split(config)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
     if tracker.resumed is not None:
         load_trainable_state(model, tracker.resumed[0])
-    pooled = ConcatDataset([site_inputs(s, "train", model, config) for s in trainers])
-    device = resolve_device(config.train.device)
-    kept = kept_state(config, "pooled")
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
-        loader = make_loader(pooled, config.train.batch_size, shuffle=True, seed=config.train.seed + round_,
-                             num_workers=config.train.num_workers)
-        rows = []
-        optimizer = local_optimizer(model, config.train, device)
-        if kept is not None:
-            kept.restore(optimizer, round_)
-        for epoch in range(config.train.local_epochs):
-            result = train_epoch(model, loader, config.train, config.model.num_classes, device,
-                                 desc=f"pooled round {round_} epoch {epoch + 1}", optimizer=optimizer)
-            rows.append({"kind": "train", "round": round_, "client": "pooled", "loss": result.loss,
-                         "samples": result.samples, "seconds": result.seconds})
-        if kept is not None:
-            kept.save(optimizer, round_)
+        rows = [{"kind": "train", "round": round_, "client": "pooled", "loss": result.loss, "samples": result.samples,
+                 "seconds": result.seconds}
+                for result in local_round(model, trainers, config, config.model, round_, "pooled")]
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             rows += _eval_rows(model, sites, config, round_)
         tracker.end_round(round_, {k: v.cpu() for k, v in trainable_state(model).items()}, {}, rows,

@@ -3,8 +3,8 @@
 Two protocols:
 
 ``standard`` (default)
-    A pixel is foreground where ``sigmoid(logit) > threshold`` (0.5). Dice and IoU are computed
-    per image and per class, then averaged over the images of a client (mean of per-image scores,
+    A pixel is foreground where ``sigmoid(logit) > threshold`` (0.5). Dice and IoU are MONAI's
+    (``compute_dice`` / ``compute_iou``), per image and per class, then averaged over the images of a client (mean of per-image scores,
     not a pooled score). An image whose ground truth and prediction are both empty for a class
     scores 1 for that class (a correct "nothing here"); an empty ground truth with any predicted
     pixel scores 0.
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from monai.metrics import compute_dice, compute_iou
 
 from fedfms.config import MetricProtocol
 
@@ -31,26 +32,28 @@ PAPER_DICE_SMOOTH = 1e-4
 PAPER_IOU_SMOOTH = 1e-6
 
 
-def _overlap_scores(pred: torch.Tensor, target: torch.Tensor, smooth: tuple[float, float] = (0.0, 0.0)
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, per class Dice and IoU of binary maps.
+def _smoothed_scores(pred: torch.Tensor, target: torch.Tensor, smooth: tuple[float, float]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's smoothed per image, per class Dice and IoU of binary maps.
 
-    pred, target: (B, C, H, W) bool. Returns two (B, C) float64 tensors. ``smooth``: (Dice, IoU)
-    smoothing; with none an empty/empty pair scores 1 by definition.
+    pred, target: (B, C, H, W) bool. Returns two (B, C) float64 tensors.
     """
     dims = (2, 3)
     inter = (pred & target).sum(dims).double()
     pred_sum = pred.sum(dims).double()
     target_sum = target.sum(dims).double()
-    union = pred_sum + target_sum - inter
-    if any(smooth):
-        dice_smooth, iou_smooth = smooth
-        return ((2 * inter + dice_smooth) / (pred_sum + target_sum + dice_smooth),
-                (inter + iou_smooth) / (union + iou_smooth))
-    both_empty = (pred_sum + target_sum) == 0
-    dice = torch.where(both_empty, 1.0, 2 * inter / (pred_sum + target_sum).clamp_min(1))
-    iou = torch.where(both_empty, 1.0, inter / union.clamp_min(1))
-    return dice, iou
+    dice_smooth, iou_smooth = smooth
+    return ((2 * inter + dice_smooth) / (pred_sum + target_sum + dice_smooth),
+            (inter + iou_smooth) / (pred_sum + target_sum - inter + iou_smooth))
+
+
+def _standard_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MONAI's per image, per class Dice and IoU of binary maps (``ignore_empty=False``: an empty
+    ground truth scores 1 if nothing is predicted, else 0). pred, target: (B, C, H, W) bool;
+    returns two (B, C) float64 tensors."""
+    pred, target = pred.double(), target.double()
+    return (compute_dice(pred, target, include_background=True, ignore_empty=False),
+            compute_iou(pred, target, include_background=True, ignore_empty=False))
 
 
 def image_scores(
@@ -66,9 +69,9 @@ def image_scores(
     target = masks > 0.5
     if protocol == "standard":
         logit_threshold = math.log(threshold / (1 - threshold))
-        return _overlap_scores(logits > logit_threshold, target)
+        return _standard_scores(logits > logit_threshold, target)
     smooth = (PAPER_DICE_SMOOTH, PAPER_IOU_SMOOTH)
-    pairs = [_overlap_scores(logits > t, target, smooth) for t in PAPER_THRESHOLDS]
+    pairs = [_smoothed_scores(logits > t, target, smooth) for t in PAPER_THRESHOLDS]
     dice = torch.stack([d for d, _ in pairs]).mean(0)
     iou = torch.stack([i for _, i in pairs]).mean(0)
     return dice, iou
