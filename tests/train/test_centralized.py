@@ -36,3 +36,21 @@ def test_centralized_resume_continues_to_more_rounds(config):
     results = train_centralized(longer, resume=True)
     assert [r["round"] for r in read_rows(config.output_dir) if r["kind"] == "round"] == [1, 2, 3]
     assert results["rounds"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["nnunet", "paper"])
+def test_pooled_nnunet_with_overlapping_classes_trains_either_recipe(config, tmp_path, recipe):
+    nnunet = {"recipe": recipe, "iterations_per_round": 2, "gpu_memory_gb": 0.05}
+    config = config.model_copy(update={
+        "model": ModelConfig(arch="nnunet", num_classes=2, image_size=64, nnunet=nnunet),
+        "train": config.train.model_copy(update={"state_dir": tmp_path / "state"}),
+        "federation": FederationConfig(rounds=1)})
+    results = train_centralized(config)
+    plan = results["model"]["nnunet"]["plan"]
+    assert list(plan["dataset"]["labels"].values()) == [0, [1, 3], [2, 3]]  # regions: the classes may overlap
+    split = load_split(config.output_dir / "split.json")
+    pooled = sum(len(ids) for ids in split.train.values())
+    assert plan["dataset"]["numTraining"] == pooled
+    cases = list((tmp_path / "state" / "nnunet").glob("*/preprocessed/*/nnUNetPlans_2d/*.pkl"))
+    assert len(cases) == (pooled if recipe == "nnunet" else 0)
+    assert len(results["clients"]["site-B"]["dice_per_class"]) == 2

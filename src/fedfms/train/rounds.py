@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from itertools import chain
 from pathlib import Path
 
 from torch import nn
@@ -49,7 +48,8 @@ def _nnunet_round(model: nn.Module, sites: Sequence[Site], config: RunConfig, mo
     if plan is None:
         raise ValueError("nnU-Net's recipe needs the run's plan (model.nnunet.plan); it is made when the run starts")
     workspace = nnunet_workspace(config, client)
-    cases = chain.from_iterable(site_cases(s, "train", model_cfg) for s in sites)
+    cases = ((f"{s.name}--{case_id}", data, seg) for s in sites  # ids are unique per site only
+             for case_id, data, seg in site_cases(s, "train", model_cfg))
     preprocess_cases(cases, plan["plans"], plan["dataset"], workspace, _cases_key(sites))
     epochs = config.train.local_epochs
     return [train_round(model.network, plan["plans"], plan["dataset"], workspace, (round_ - 1) * epochs + e,
