@@ -18,8 +18,8 @@ given ``tile=T``: a larger slice is then scaled so that a model input holds T of
 predicted in overlapping windows stitched by MONAI's sliding-window inference
 (:func:`sliding_window_probabilities`), instead of being squeezed whole into one input.
 
-Outputs (one per input, same file name, in the output folder; written to a temporary file and
-renamed, so a failure leaves no partial file):
+Outputs (one per input, same file name, in the output folder; written by
+:func:`fedfms.io.atomic_write`, so a failure leaves no partial file):
 
 * NIfTI in -> NIfTI label volume of the input's shape, affine and header, uint8: class ``c``
   (0-based) is value ``c + 1`` and later classes overwrite earlier ones (nested optic disc /
@@ -31,8 +31,7 @@ renamed, so a failure leaves no partial file):
 
 from __future__ import annotations
 
-import os
-import tempfile
+import gzip
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file
 from fedfms.data.prepare.nifti import Channels, slice_channels
 from fedfms.data.validate import Problems, check_finite
 from fedfms.errors import FedfmsError
-from fedfms.io import umask
+from fedfms.io import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -71,20 +70,6 @@ def labels_from_masks(masks: np.ndarray) -> np.ndarray:
 def _raise_problems(problems: Problems) -> None:
     if problems:
         raise PredictError("; ".join(str(p) for p in problems.items))
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a hidden temporary sibling of ``path`` with the same suffix, then rename."""
-    suffix = split_suffix(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~umask())  # the user's usual permissions, not mkstemp's 0600
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_volume(path: Path) -> tuple[Any, np.ndarray]:
@@ -157,7 +142,6 @@ class Predictor:
 
     def predict_volume(self, path: Path, out_dir: Path) -> list[Path]:
         """One NIfTI volume -> its mask volume in ``out_dir`` (same name)."""
-        import nibabel as nib
         from tqdm import tqdm
 
         img, data = read_volume(path)
@@ -178,7 +162,8 @@ class Predictor:
         image.header.set_slope_inter(1, 0)
         image.header["cal_min"], image.header["cal_max"] = 0, 0  # no display window from the scan
         (target,) = self.output_paths(path, out_dir)
-        _write_atomic(target, lambda tmp: nib.save(image, str(tmp)))
+        volume = image.to_bytes()  # a single-file NIfTI, compressed for a .gz name like nib.save
+        atomic_write(target, lambda stream: stream.write(gzip.compress(volume) if target.suffix == ".gz" else volume))
         return [target]
 
     def predict_image(self, path: Path, out_dir: Path) -> list[Path]:
@@ -196,7 +181,7 @@ class Predictor:
             pngs[0].putpalette(_PALETTE)  # L -> P, same values
         targets = self.output_paths(path, out_dir)
         for target, png in zip(targets, pngs, strict=True):
-            _write_atomic(target, lambda tmp, png=png: png.save(tmp, format="PNG"))
+            atomic_write(target, lambda stream, png=png: png.save(stream, format="PNG"))
         return targets
 
     def output_paths(self, path: Path, out_dir: Path) -> list[Path]:
