@@ -80,6 +80,65 @@ def test_masks_land_on_the_voxels_they_came_from(axis: int, tmp_path: Path) -> N
     assert (mask == (data > 0.5)).mean() > 0.95  # only its border may blur
 
 
+class Recording(BrightIsForeground):
+    """BrightIsForeground that keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(images.clone())
+        return super().forward(images)
+
+
+def _boxes(height: int, width: int) -> np.ndarray:
+    """``(1, H, W)`` grey ramp background (< 0.4) with bright boxes, some across window borders."""
+    image = np.tile(np.linspace(0.0, 0.4, width, dtype=np.float32), (height, 1))
+    for y, x, h, w in [(10, 10, 30, 40), (50, 56, 60, 30), (150, 100, 40, 50), (90, 0, 20, 160)]:
+        image[y : y + h, x : x + w] = 0.9
+    return image[None]
+
+
+def test_tiles_reach_the_model_at_the_scale_it_was_trained_on() -> None:
+    """Trained on 64 px tiles stored at 32 px: every model input holds 64 px of the slice,
+    e.g. the first window is the slice's top-left 64 x 64 stretched to 32 x 32."""
+    model = Recording()
+    image = _boxes(200, 160)
+    predictor = Predictor(model, 32, 1, torch.device("cpu"), torch.float32, tile=64, batch_size=4, progress=False)
+    predictor.segment([image])
+    windows = torch.cat(model.inputs)
+    assert windows.shape[1:] == (3, 32, 32) and len(windows) >= (200 // 64 + 1) * (160 // 64 + 1)
+    first_tile = F.interpolate(torch.from_numpy(image[None, :, :64, :64]), size=(32, 32), mode="bilinear",
+                               align_corners=False, antialias=True)[0, 0]
+    torch.testing.assert_close(windows[0, 0, :-1, :-1], first_tile[:-1, :-1], atol=1.5 / 255, rtol=0)  # last row/col
+    # see the next tile's pixels through the antialiasing kernel
+
+
+def test_tiled_masks_are_seamless_and_in_place() -> None:
+    image = _boxes(200, 160)
+    truth = image[0] > 0.5
+    tiled = Predictor(BrightIsForeground(), 32, 1, torch.device("cpu"), torch.float32, tile=64, progress=False)
+    whole = Predictor(BrightIsForeground(), 32, 1, torch.device("cpu"), torch.float32, progress=False)
+    mask = tiled.segment([image])[0, 0]
+    assert mask.shape == (200, 160)
+    assert mask[14:36, 14:46].all() and mask[94:106, 4:156].all()  # box insides, across window borders
+    assert (mask == truth).mean() > 0.95  # only box borders blur (the stand-in's output grid is 8 px of the slice)
+    assert (whole.segment([image])[0, 0] == truth).mean() < 0.85  # 200 px squeezed into 32: 25 px blocks
+
+
+def test_tiled_prediction_with_a_trained_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "slide.png")
+    (out,) = predict_path(checkpoint, tmp_path / "slide.png", tmp_path / "masks", tile=40, progress=False)
+    with Image.open(out) as png:
+        assert png.size == (70, 90) and set(np.unique(np.asarray(png))) <= {0, 1, 2}
+    with pytest.raises(PredictError, match="tile 0"):
+        predict_path(checkpoint, tmp_path / "slide.png", tmp_path / "masks", tile=0)
+    with pytest.raises(PredictError, match="overlap 1.0"):
+        predict_path(checkpoint, tmp_path / "slide.png", tmp_path / "masks", tile=40, tile_overlap=1.0)
+
+
 def test_png_in_png_out_of_the_same_size(checkpoint: Path, tmp_path: Path) -> None:
     src = tmp_path / "images"
     src.mkdir()

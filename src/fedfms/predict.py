@@ -13,10 +13,13 @@ Preprocessing is the one of ``fedfms prepare``, with its own functions:
 
 Prediction: logits ``(N, C, M, M)`` per batch of slices -> sigmoid -> probabilities resized back
 to the slice's own ``(H, W)`` by bilinear interpolation (smooth borders, no 4x blocks from the
-256 px decoder output) -> ``> threshold``.
+256 px decoder output) -> ``> threshold``. A model trained on tiles (``prepare --tile T``) is
+given ``tile=T``: a larger slice is then scaled so that a model input holds T of its pixels and
+predicted in overlapping windows stitched by MONAI's sliding-window inference
+(:func:`sliding_window_probabilities`), instead of being squeezed whole into one input.
 
-Outputs (one per input, same file name, in the output folder; written to a temporary file and
-renamed, so a failure leaves no partial file):
+Outputs (one per input, same file name, in the output folder; written by
+:func:`fedfms.io.atomic_write`, so a failure leaves no partial file):
 
 * NIfTI in -> NIfTI label volume of the input's shape, affine and header, uint8: class ``c``
   (0-based) is value ``c + 1`` and later classes overwrite earlier ones (nested optic disc /
@@ -28,8 +31,7 @@ renamed, so a failure leaves no partial file):
 
 from __future__ import annotations
 
-import os
-import tempfile
+import gzip
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file
 from fedfms.data.prepare.nifti import Channels, slice_channels
 from fedfms.data.validate import Problems, check_finite
 from fedfms.errors import FedfmsError
-from fedfms.io import umask
+from fedfms.io import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -68,20 +70,6 @@ def labels_from_masks(masks: np.ndarray) -> np.ndarray:
 def _raise_problems(problems: Problems) -> None:
     if problems:
         raise PredictError("; ".join(str(p) for p in problems.items))
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a hidden temporary sibling of ``path`` with the same suffix, then rename."""
-    suffix = split_suffix(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~umask())  # the user's usual permissions, not mkstemp's 0600
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_volume(path: Path) -> tuple[Any, np.ndarray]:
@@ -120,10 +108,14 @@ class Predictor:
     multi_channel: bool = False
     batch_size: int = 8
     progress: bool = True
+    tile: int | None = None
+    tile_overlap: float = 0.25
 
     def segment(self, slices: Sequence[np.ndarray]) -> np.ndarray:
         """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3, one ``(H, W)``) ->
-        ``(N, C, H, W)`` bool masks at the slices' own size."""
+        ``(N, C, H, W)`` bool masks at the slices' own size: the whole slice stretched to the
+        model's input, or, with ``tile`` smaller than the slice, windows of ``tile`` pixels
+        (:func:`sliding_window_probabilities`)."""
         import torch
         import torch.nn.functional as F
 
@@ -131,18 +123,25 @@ class Predictor:
         from fedfms.data.writer import to_uint8
         from fedfms.train.device import autocast
 
-        stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
-        images = torch.from_numpy(stored).to(self.device).float().div_(255.0)
-        images = images.expand(-1, 3, -1, -1)
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            logits = self.model(images)  # (N, C, M, M)
-        probabilities = logits.float().sigmoid()
-        resized = F.interpolate(probabilities, size=slices[0].shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        def probabilities_of(images: torch.Tensor) -> torch.Tensor:  # (n, 3, S, S) -> (n, C, M, M)
+            with autocast(self.device, self.dtype):
+                return self.model(images).float().sigmoid()
+
+        height, width = slices[0].shape[-2:]
+        with torch.inference_mode():
+            if self.tile is not None and max(height, width) > self.tile:
+                unit = torch.from_numpy(np.stack(slices)).float()  # (N, K, H, W)
+                probabilities = sliding_window_probabilities(
+                    unit, probabilities_of, self.tile, self.image_size, self.tile_overlap, self.batch_size, self.device)
+            else:
+                stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
+                images = torch.from_numpy(stored).to(self.device).float().div_(255.0)
+                probabilities = probabilities_of(images.expand(-1, 3, -1, -1))
+        resized = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         return (resized > self.threshold).cpu().numpy()
 
     def predict_volume(self, path: Path, out_dir: Path) -> list[Path]:
         """One NIfTI volume -> its mask volume in ``out_dir`` (same name)."""
-        import nibabel as nib
         from tqdm import tqdm
 
         img, data = read_volume(path)
@@ -163,7 +162,8 @@ class Predictor:
         image.header.set_slope_inter(1, 0)
         image.header["cal_min"], image.header["cal_max"] = 0, 0  # no display window from the scan
         (target,) = self.output_paths(path, out_dir)
-        _write_atomic(target, lambda tmp: nib.save(image, str(tmp)))
+        volume = image.to_bytes()  # a single-file NIfTI, compressed for a .gz name like nib.save
+        atomic_write(target, lambda stream: stream.write(gzip.compress(volume) if target.suffix == ".gz" else volume))
         return [target]
 
     def predict_image(self, path: Path, out_dir: Path) -> list[Path]:
@@ -181,7 +181,7 @@ class Predictor:
             pngs[0].putpalette(_PALETTE)  # L -> P, same values
         targets = self.output_paths(path, out_dir)
         for target, png in zip(targets, pngs, strict=True):
-            _write_atomic(target, lambda tmp, png=png: png.save(tmp, format="PNG"))
+            atomic_write(target, lambda stream, png=png: png.save(stream, format="PNG"))
         return targets
 
     def output_paths(self, path: Path, out_dir: Path) -> list[Path]:
@@ -199,6 +199,36 @@ class Predictor:
         if split_suffix(path)[1] in NIFTI_SUFFIXES:
             return self.predict_volume(path, out_dir)
         return self.predict_image(path, out_dir)
+
+
+def sliding_window_probabilities(
+    images: torch.Tensor,
+    probabilities_of: Callable[[torch.Tensor], torch.Tensor],
+    tile: int,
+    size: int,
+    overlap: float,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Probabilities of images larger than the tiles a model was trained on (``prepare --tile``).
+
+    ``images (N, K, H, W)`` in [0, 1] (K = 1 or 3) are scaled by ``size / tile`` (bilinear,
+    antialiased, quantised to 1/255 as prepared tiles are stored), so that a ``(size, size)``
+    window holds ``tile`` pixels of the input, as each training tile did. MONAI's
+    ``sliding_window_inference`` runs ``probabilities_of`` (``(n, 3, size, size)`` ->
+    ``(n, C, m, m)``) on windows overlapping by ``overlap`` of their side and stitches them with
+    Gaussian weights (window centres count most); a side shorter than a window is padded with 0.
+    Returns ``(N, C, h, w)`` probabilities on the scaled grid (``h = round(H * size / tile) * m / size``).
+    """
+    import torch.nn.functional as F
+    from monai.inferers import sliding_window_inference
+
+    height, width = images.shape[-2:]
+    scaled_size = (max(1, round(height * size / tile)), max(1, round(width * size / tile)))
+    scaled = F.interpolate(images, size=scaled_size, mode="bilinear", align_corners=False, antialias=True)
+    scaled = scaled.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0).expand(-1, 3, -1, -1)
+    return sliding_window_inference(scaled.to(device), roi_size=(size, size), sw_batch_size=batch_size,
+                                    predictor=probabilities_of, overlap=overlap, mode="gaussian")
 
 
 def find_inputs(input: Path) -> list[Path]:
@@ -259,11 +289,15 @@ def predict_path(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = True,
+    tile: int | None = None,
+    tile_overlap: float = 0.25,
 ) -> list[Path]:
     """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images) with the
     model in ``checkpoint`` and write them into the folder ``output``; returns the written files.
 
-    Every input is tried; if some fail, :class:`PredictError` lists each failed file and why
+    ``tile``: the side, in the input's pixels, of the tiles the model was trained on (``fedfms
+    prepare ... --tile``); larger inputs are then predicted window by window
+    (:func:`sliding_window_probabilities`). Every input is tried; if some fail, :class:`PredictError` lists each failed file and why
     (the others' masks are written).
     """
     from tqdm import tqdm
@@ -274,11 +308,15 @@ def predict_path(
         raise PredictError(f"channels {channels!r}: expected copy or neighbours")
     if not -3 <= axis < 3:
         raise PredictError(f"slicing axis {axis} does not exist in a 3D volume")
+    if tile is not None and tile < 1:
+        raise PredictError(f"tile {tile} must be a positive number of pixels")
+    if not 0 <= tile_overlap < 1:
+        raise PredictError(f"tile overlap {tile_overlap} must lie in [0, 1)")
     input, output = Path(input), Path(output)
     files = find_inputs(input)
     predictor = load_predictor(
         checkpoint, device, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
-        multi_channel=multi_channel, batch_size=batch_size, progress=progress,
+        multi_channel=multi_channel, batch_size=batch_size, progress=progress, tile=tile, tile_overlap=tile_overlap,
     )
     check_outputs(files, output, predictor)
     output.mkdir(parents=True, exist_ok=True)
@@ -307,6 +345,9 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    tile: Annotated[int | None, typer.Option(help="Side in input pixels of the tiles the model was trained on "
+                                             "(prepare's --tile): larger inputs are predicted window by window.")] = None,
+    tile_overlap: Annotated[float, typer.Option(help="With --tile: overlap of neighbouring windows, fraction of a side.")] = 0.25,
 ) -> None:
     """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
     shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
@@ -316,7 +357,7 @@ def predict_command(
         written = predict_path(
             checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
             upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
-            progress=progress,
+            progress=progress, tile=tile, tile_overlap=tile_overlap,
         )
     except (PredictError, CheckpointError) as err:
         typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)

@@ -5,6 +5,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedfms.errors import FedfmsError
+from fedfms.federated import client_app
 from fedfms.federated import protocol as P
 from fedfms.federated.client_app import SiteFailure, app
 from fedfms.federated.wire import from_record, to_record
@@ -14,11 +15,11 @@ from fedfms.train.optimizer import kept_state, local_optimizer
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None, round_: int = 1) -> Message:
+def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None, round_: int = 1, **node) -> Message:
     content = RecordDict({P.CONFIG: ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), "server-round": round_})})
     if arrays is not None:
         content[P.ARRAYS] = arrays
-    context = Context(run_id=1, node_id=5, node_config={"data-dir": str(data_dir)}, state=RecordDict(), run_config={})
+    context = Context(run_id=1, node_id=5, node_config={"data-dir": str(data_dir), **node}, state=RecordDict(), run_config={})
     return app(Message(content, dst_node_id=5, message_type=kind), context)
 
 
@@ -106,3 +107,15 @@ def test_a_failing_site_reports_its_name_and_the_kind_of_error_only(federation, 
     message = str(failure.value)
     assert message.startswith("site-A: ") and "while handling train" in message
     assert str(tmp_path) not in message and not any(p.stem in message for p in corrupt)  # no path, no sample name
+
+
+def test_the_node_config_device_is_the_one_a_node_trains_on(federation, tmp_path, run_config, monkeypatch):
+    """The run says cpu; a node that names its own device trains there (asked of torch through
+    ``resolve_device``, recorded here and answered with the CPU this test has)."""
+    asked: list[str] = []
+    monkeypatch.setattr(client_app, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    config = run_config(federation, tmp_path / "run").with_overrides({"train.device": "cpu"})
+    start = to_record(trainable_state(build_model(config.model, seed=0)))
+    _send(MessageType.TRAIN, config, federation / "site-A", start, device="cuda:1")
+    _send(MessageType.TRAIN, config, federation / "site-A", start)
+    assert asked == ["cuda:1", "cpu"]

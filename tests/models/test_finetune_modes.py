@@ -29,8 +29,8 @@ def test_sam_mode_trains_everything(tiny_cfg) -> None:
 @pytest.mark.parametrize(
     ("mode", "branch", "count"),
     [
-        ("msa", ("attn_adapter.", "mlp_adapter."), 2 * 2 * 4),  # blocks x adapters x tensors
-        ("lora", ("attn.qkv_lora.",), 2 * 2),  # blocks x (down, up) weights
+        ("msa", ("attn.adapter.", "mlp.adapter."), 2 * 2 * 4),  # blocks x adapters x tensors
+        ("lora", ("attn.qkv.lora.",), 2 * 2),  # blocks x (down, up) weights
     ],
 )
 def test_frozen_encoder_modes_train_exactly_branches_decoder_head(
@@ -50,39 +50,47 @@ def test_frozen_encoder_modes_train_exactly_branches_decoder_head(
 
 def test_msa_block_follows_the_paper(tiny_cfg) -> None:
     """x' = h + mlp(n) + 0.5 adapter(n); n = norm2(h); h = x + a + adapter(a); a = attn(norm1 x)."""
-    model = build_model(tiny_cfg(mode="msa")).eval()
+    plain = build_model(tiny_cfg(mode="sam"), seed=0).sam.vision_encoder.layers[1].eval()
+    model = build_model(tiny_cfg(mode="msa"), seed=0).eval()
     layer = model.sam.vision_encoder.layers[1]  # a global-attention block: no windows
+    attn_adapter, mlp_adapter = layer.attn.adapter, layer.mlp.adapter
+    assert isinstance(attn_adapter, Adapter) and isinstance(mlp_adapter, Adapter)
     with torch.no_grad():
-        for adapter in (layer.attn_adapter, layer.mlp_adapter):
+        for adapter in (attn_adapter, mlp_adapter):
             adapter.up.weight.normal_()
         x = torch.randn(1, 4, 4, 32)
-        a = layer.attn.forward(layer.layer_norm1(x))[0]  # .forward: bypasses the hooks
-        h = x + a + layer.attn_adapter.up(F.gelu(layer.attn_adapter.down(a)))
-        n = layer.layer_norm2(h)
-        adapter_n = layer.mlp_adapter.up(F.gelu(layer.mlp_adapter.down(n)))
-        expected = h + layer.mlp.forward(n) + 0.5 * adapter_n
+        a = plain.attn(plain.layer_norm1(x))[0]  # the same block without adapters
+        h = x + a + attn_adapter.up(F.gelu(attn_adapter.down(a)))
+        n = plain.layer_norm2(h)
+        adapter_n = mlp_adapter.up(F.gelu(mlp_adapter.down(n)))
+        expected = h + plain.mlp(n) + 0.5 * adapter_n
         torch.testing.assert_close(layer(x), expected)
+        torch.testing.assert_close(model.sam.vision_encoder.layers[1](x), expected)  # the encoder runs the wrappers
 
 
 def test_lora_adds_scaled_low_rank_update(tiny_cfg) -> None:
-    model = build_model(tiny_cfg(mode="lora", lora_rank=4, lora_alpha=8.0)).eval()
+    plain = build_model(tiny_cfg(mode="sam"), seed=0).sam.vision_encoder.layers[0].attn.qkv
+    model = build_model(tiny_cfg(mode="lora", lora_rank=4, lora_alpha=8.0), seed=0).eval()
     qkv = model.sam.vision_encoder.layers[0].attn.qkv
-    lora = model.sam.vision_encoder.layers[0].attn.qkv_lora
+    lora = qkv.lora
     assert isinstance(lora, LoRA) and lora.down.weight.shape == (4, 32)
     with torch.no_grad():
         lora.up.weight.normal_()
         x = torch.randn(3, 32)
-        expected = F.linear(x, qkv.weight, qkv.bias) + 2.0 * lora.up(lora.down(x))
+        expected = plain(x) + 2.0 * lora.up(lora.down(x))
         torch.testing.assert_close(qkv(x), expected)
 
 
-def test_branches_start_as_identity(tiny_cfg, tiny_images) -> None:
-    plain = build_model(tiny_cfg(mode="sam")).eval()
+def test_branches_start_as_identity_and_then_change_the_output(tiny_cfg, tiny_images) -> None:
+    plain = build_model(tiny_cfg(mode="sam"), seed=0).eval()
     for mode in ("msa", "lora"):
-        adapted = build_model(tiny_cfg(mode=mode)).eval()
-        adapted.load_state_dict(plain.state_dict(), strict=False)
+        adapted = build_model(tiny_cfg(mode=mode), seed=0).eval()
         with torch.no_grad():
             torch.testing.assert_close(adapted(tiny_images), plain(tiny_images))
+            for module in adapted.modules():
+                if isinstance(module, (Adapter, LoRA)):
+                    module.up.weight.normal_()
+            assert not torch.allclose(adapted(tiny_images), plain(tiny_images))
 
 
 @pytest.mark.parametrize("mode", ["sam", "msa", "lora"])
@@ -107,7 +115,7 @@ def test_adam_step_changes_only_trainable(tiny_cfg, tiny_images, mode: str) -> N
         assert any(n.startswith(ENCODER) for n in changed)  # the branches learn
 
 
-def test_deepcopy_keeps_branches_hooked_to_the_copy(tiny_cfg, tiny_images) -> None:
+def test_deepcopy_copies_the_branches_with_the_model(tiny_cfg, tiny_images) -> None:
     model = build_model(tiny_cfg(mode="msa")).eval()
     clone = copy.deepcopy(model)
     with torch.no_grad():
@@ -135,6 +143,6 @@ def test_trainable_state_round_trip_and_strictness(tiny_cfg) -> None:
         load_trainable_state(target, state | {"extra": torch.zeros(1)})
     with pytest.raises(CheckpointError, match=r"head\.weight: \(2, 4, 1, 1\)"):
         load_trainable_state(target, state | {"head.weight": torch.zeros(2, 4, 1, 1)})
-    frozen = "sam.vision_encoder.layers.0.attn.qkv.weight"
+    frozen = "sam.vision_encoder.layers.0.attn.base.qkv.weight"
     with pytest.raises(CheckpointError, match="unexpected keys"):
         load_trainable_state(target, state | {frozen: source.state_dict()[frozen]})

@@ -139,9 +139,9 @@ def test_modes_train_what_they_name_and_batchnorm_statistics_never_move(mode: st
     if mode == "decoder":
         assert not encoder_trainable
     elif mode == "msa":
-        assert encoder_trainable and all("_adapter." in n for n in encoder_trainable)
+        assert encoder_trainable and all(".adapter." in n for n in encoder_trainable)
     elif mode == "lora":
-        assert encoder_trainable and all(".qkv_lora." in n for n in encoder_trainable)
+        assert encoder_trainable and all(".qkv.lora." in n for n in encoder_trainable)
     else:
         assert encoder_trainable == {n for n, _ in model.lite.image_encoder.named_parameters(prefix="lite.image_encoder")}
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -168,3 +168,24 @@ def test_side_branches_start_as_the_identity(pretrained, real_image) -> None:
         for mode in ("msa", "lora"):
             model = build_model(ModelConfig(backbone="litemedsam", mode=mode, num_classes=2)).eval()
             assert (model.embed(real_image) - reference).abs().max().item() < 1e-5
+
+
+def test_tinyvit_msa_blocks_follow_the_paper(pretrained) -> None:
+    """In every TinyViT attention block: attention output a -> a + adapter(a); the MLP gets an
+    adapter beside it, scaled by 0.5, fed the MLP's own normalised input; the encoder runs them."""
+    model = build_model(ModelConfig(backbone="litemedsam", mode="msa", num_classes=1)).eval()
+    blocks = [block for block, _ in model.attention_blocks()]
+    plain = [block for block, _ in pretrained.attention_blocks()]
+    assert len(blocks) == 10
+    block, reference = blocks[0], plain[0]
+    x = torch.randn(2, 49, block.dim)
+    with torch.no_grad():
+        for adapter in (block.attn.adapter, block.mlp.adapter):
+            adapter.up.weight.normal_()
+        a = reference.attn(x)
+        torch.testing.assert_close(block.attn(x), a + block.attn.adapter.up(F.gelu(block.attn.adapter.down(a))))
+        n = reference.mlp.norm(x)
+        beside = 0.5 * block.mlp.adapter.up(F.gelu(block.mlp.adapter.down(n)))
+        torch.testing.assert_close(block.mlp(x), reference.mlp(x) + beside)
+        image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+        assert not torch.allclose(model.embed(image), pretrained.embed(image))

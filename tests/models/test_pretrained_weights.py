@@ -77,30 +77,34 @@ def test_meta_file_and_transformers_folder_give_native_outputs(
 
 @pytest.mark.parametrize("image_size", [64, 128])
 def test_position_embeddings_resized_from_1024(tmp_path: Path, tiny_cfg, image_size: int) -> None:
+    """Ramps in, ramps out: bilinear/linear interpolation with half-pixel centres (what Meta's
+    ``get_rel_pos`` does at run time) samples a linear ramp at ``(i + 0.5) * scale - 0.5``, so a
+    swapped axis, corner-aligned or nearest sampling, or a lost channel gives other numbers."""
     official = random_state(official_layout("tiny", grid=64))
-    official["image_encoder.pos_embed"].fill_(0.25)
-    official["image_encoder.blocks.1.attn.rel_pos_h"].fill_(-0.5)  # block 1: global attention
+    rows, cols, channels = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), torch.arange(32.0), indexing="ij")
+    official["image_encoder.pos_embed"] = (rows + 100 * cols + 0.01 * channels)[None]
+    lengths, dims = torch.meshgrid(torch.arange(127.0), torch.arange(16.0), indexing="ij")
+    official["image_encoder.blocks.1.attn.rel_pos_h"] = lengths + 0.01 * dims  # block 1: global attention
     torch.save(official, tmp_path / "sam_tiny_1024.pth")
     model = build_model(tiny_cfg(image_size=image_size, checkpoint=tmp_path / "sam_tiny_1024.pth"))
     grid = image_size // 16
     encoder = model.sam.vision_encoder
-    assert encoder.pos_embed.shape == (1, grid, grid, 32)
-    torch.testing.assert_close(encoder.pos_embed, torch.full_like(encoder.pos_embed, 0.25))
-    assert encoder.layers[1].attn.rel_pos_h.shape == (2 * grid - 1, 16)
-    torch.testing.assert_close(
-        encoder.layers[1].attn.rel_pos_h, torch.full((2 * grid - 1, 16), -0.5)
-    )
+
+    def centres(size: int, source: int) -> torch.Tensor:
+        return (torch.arange(size) + 0.5) * (source / size) - 0.5
+
+    at = centres(grid, 64)
+    expected = at[:, None, None] + 100 * at[None, :, None] + 0.01 * torch.arange(32.0)
+    torch.testing.assert_close(encoder.pos_embed, expected[None])
+    length = 2 * grid - 1
+    torch.testing.assert_close(encoder.layers[1].attn.rel_pos_h,
+                               centres(length, 127)[:, None] + 0.01 * torch.arange(16.0))
     window = official["image_encoder.blocks.0.attn.rel_pos_w"]
     assert torch.equal(encoder.layers[0].attn.rel_pos_w, window)  # windowed block: unchanged
     assert torch.equal(
         encoder.layers[0].attn.qkv.weight, official["image_encoder.blocks.0.attn.qkv.weight"]
     )
-    assert model(torch.rand(1, 3, image_size, image_size)).shape == (
-        1,
-        1,
-        image_size // 4,
-        image_size // 4,
-    )
+    assert model(torch.rand(1, 3, image_size, image_size)).shape == (1, 1, image_size // 4, image_size // 4)
 
 
 def _write(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:

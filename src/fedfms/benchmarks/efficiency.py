@@ -177,9 +177,8 @@ def measure_efficiency(
 
     if batch_size < 1 or steps < 1 or predict_images < 1 or samples_per_round < 1:
         raise ValueError("batch_size, steps, predict_images and samples_per_round must be >= 1")
-    torch.manual_seed(0)
     dev = resolve_device(device)
-    model = build_model(cfg)
+    model = build_model(cfg, seed=0)
     state = trainable_state(model)
     bytes_up = to_record(state).count_bytes()
     model.to(dev)

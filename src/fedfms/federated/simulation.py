@@ -8,7 +8,6 @@ import os
 import warnings
 from typing import Any
 
-import torch
 from flwr.simulation import run_simulation
 
 from fedfms.config import RunConfig
@@ -35,8 +34,7 @@ def preflight(config: RunConfig) -> None:
     for directory in ordered_clients(config.data):
         check_site_files(load_site(directory, config))
     if not needs_plan(config):  # an nnU-Net is planned from the sites' fingerprints first
-        torch.manual_seed(config.train.seed)
-        build_model(config.model)
+        build_model(config.model, seed=config.train.seed)
 
 
 def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:

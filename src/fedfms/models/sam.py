@@ -154,6 +154,10 @@ class SamSegmenter(PromptFreeSegmenter):
             gaussian.normal_()
             self.sam.prompt_encoder.shared_embedding.positional_embedding.copy_(gaussian)
 
+    def attention_blocks(self) -> list[tuple[nn.Module, int]]:
+        """Every ViT layer of the image encoder, with its width."""
+        return [(layer, layer.layer_norm1.normalized_shape[0]) for layer in self.sam.vision_encoder.layers]
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, S/16, S/16)`` image embeddings."""
         pixels = (images * 255.0 - self.pixel_mean) / self.pixel_std if self.input_norm == "imagenet" else images
@@ -162,15 +166,22 @@ class SamSegmenter(PromptFreeSegmenter):
     def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(B, 256, h, w)`` image embeddings -> ``(B, 4, 4h, 4w)`` logits of all 4 mask tokens.
 
-        Runs the modules of transformers' ``SamMaskDecoder`` without prompt tokens; its own
-        ``forward`` returns either mask 0 or masks 1-3, never all four.
+        transformers' ``SamMaskDecoder.forward`` returns mask 0 (``multimask_output=False``) or
+        masks 1-3, never all four from one pass, so its steps run here in its order: the two-way
+        transformer over the output tokens (no prompt token) and the image embedding (plus, with
+        ``prompt="none"``, the prompt encoder's dense embedding for no prompt: its learned
+        no-mask embedding), then the upscaling and one hypernetwork MLP per mask token. Tests pin
+        the result to transformers' own forward (both calls, tests/models/test_sam_segmenter.py)
+        and to Meta's code (tests/models/test_sam_meta_reference.py): an upgrade that changes
+        either fails there instead of silently changing what trains.
         """
         decoder = self.sam.mask_decoder
         batch, channels, height, width = embeddings.shape
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
         tokens = tokens.expand(batch, 1, -1, -1)
         if self.prompt == "none":
-            embeddings = embeddings + self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, channels, 1, 1)
+            _, dense = self.sam.prompt_encoder(input_points=None, input_labels=None, input_boxes=None, input_masks=None)
+            embeddings = embeddings + dense
         positions = self.sam.get_image_wide_positional_embeddings().expand(batch, -1, -1, -1)
         queries, keys = decoder.transformer(
             point_embeddings=tokens,

@@ -36,10 +36,12 @@ class PromptFreeSegmenter(nn.Module):
     :class:`~fedfms.models.litemedsam.LiteMedSamSegmenter`; subclasses set ``head``, name the
     attribute holding the pretrained model (``FOUNDATION``) and its three parts' attribute
     names (``PARTS``: image encoder, mask decoder, prompt encoder), and implement
-    :meth:`embed` and :meth:`decode`."""
+    :meth:`attention_blocks`, :meth:`embed` and :meth:`decode`. ``MLP_NORMALISES_INPUT``: the
+    encoder blocks' MLP applies its own LayerNorm (an MSA adapter beside it takes that input)."""
 
     FOUNDATION: str
     PARTS: tuple[str, str, str] = ("image_encoder", "mask_decoder", "prompt_encoder")
+    MLP_NORMALISES_INPUT = False
     head: nn.Module
 
     def _part(self, index: int) -> nn.Module:
@@ -57,6 +59,11 @@ class PromptFreeSegmenter(nn.Module):
     @property
     def prompt_encoder(self) -> nn.Module:
         return self._part(2)
+
+    def attention_blocks(self) -> list[tuple[nn.Module, int]]:
+        """The image encoder's attention blocks (each with ``attn.qkv`` and ``mlp``) and their
+        widths: where MSA adapters and LoRA go."""
+        raise NotImplementedError
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` images in [0, 1] -> ``(B, 256, h, w)`` image embeddings."""

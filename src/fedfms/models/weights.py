@@ -11,8 +11,8 @@ Formats (detected by :func:`detect_format`):
 
 Every tensor of the foundation model (the ``SamModel`` inside the segmenter) must come from the
 file and every tensor of the file must be used, else :class:`CheckpointError` lists the missing
-and unexpected names in the file's own naming. The class head and the adapters/LoRA are new and
-keep their fresh initialisation. Position embeddings are resized to the model's input size.
+and unexpected names in the file's own naming. The class head is new and keeps its fresh
+initialisation; adapters and LoRA are added after the weights are loaded. Position embeddings are resized to the model's input size.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Literal
 
 import torch
 
-from fedfms.models.adapters import side_branch_names
 from fedfms.models.checkpoint import CONFIG_FILE, read_safetensors
 from fedfms.models.keymap import add_tied_aliases, meta_to_transformers, transformers_to_meta
 from fedfms.models.posembed import resize_position_embeddings
@@ -110,22 +109,17 @@ def check_backbone(state: dict[str, torch.Tensor], backbone: str, source: Path) 
     )
 
 
-def foundation_targets(model: SamSegmenter) -> dict[str, torch.Tensor]:
-    """The segmenter's ``SamModel`` tensors by transformers name, without adapters/LoRA."""
-    branches = tuple(f"{name}." for name in side_branch_names(model.sam))
-    return {k: v for k, v in model.sam.state_dict().items() if not k.startswith(branches)}
-
-
 def _global_layers(model: SamSegmenter) -> list[int]:
     return [i for i, layer in enumerate(model.sam.vision_encoder.layers) if layer.window_size == 0]
 
 
 def load_pretrained(model: SamSegmenter, path: Path, backbone: str) -> None:
-    """Fill the foundation tensors of ``model`` from a Meta-format file or a transformers folder."""
+    """Fill the foundation tensors of ``model`` (before any adapter or LoRA is added) from a
+    Meta-format file or a transformers folder."""
     fmt = detect_format(path)
     if fmt == "fedfms":
         raise CheckpointError(f"{path}: is a fedfms checkpoint; load it with load_checkpoint")
-    targets = foundation_targets(model)
+    targets = model.sam.state_dict()
     if fmt == "meta":
         raw = read_meta_state(path)
         state, unknown = meta_to_transformers(raw)

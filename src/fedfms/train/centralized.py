@@ -38,8 +38,7 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
                                                                          for s in trainers]))
     tracker = RunTracker(config, config.output_dir, kind="centralized", resume=resume)
     save_run_split(config)
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, seed=config.train.seed)
     if tracker.resumed is not None:
         load_trainable_state(model, tracker.resumed[0])
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
