@@ -5,11 +5,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedfms.errors import FedfmsError
-from fedfms.federated import client_app
 from fedfms.federated import protocol as P
 from fedfms.federated.client_app import SiteFailure, app
 from fedfms.federated.wire import from_record, to_record
 from fedfms.models import build_model, trainable_state
+from fedfms.train import rounds
 from fedfms.train.optimizer import kept_state, local_optimizer
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -113,7 +113,7 @@ def test_the_node_config_device_is_the_one_a_node_trains_on(federation, tmp_path
     """The run says cpu; a node that names its own device trains there (asked of torch through
     ``resolve_device``, recorded here and answered with the CPU this test has)."""
     asked: list[str] = []
-    monkeypatch.setattr(client_app, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(rounds, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
     config = run_config(federation, tmp_path / "run").with_overrides({"train.device": "cpu"})
     start = to_record(trainable_state(build_model(config.model, seed=0)))
     _send(MessageType.TRAIN, config, federation / "site-A", start, device="cuda:1")

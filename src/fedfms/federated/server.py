@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -272,8 +271,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
                                           for n in nodes))
     write_nodes(run_dir, nodes, config)
 
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, seed=config.train.seed)
     min_train = config.federation.min_train_clients or len(trainers)
     strategy = make_strategy(config.federation, min_train_nodes=min(min_train, len(trainers)))
     if tracker.resumed is not None:
