@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
-from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.preprocessing.normalization import default_normalization_schemes as normalization_schemes
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
@@ -69,7 +69,8 @@ class NnUNetSegmenter(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self._whole_image_logits(images)
-        return torch.stack([self.predict_image(image) for image in images])
+        predictor = self.predictor()
+        return torch.stack([self.predict_image(image, predictor) for image in images])
 
     def _class_logits(self, heads: torch.Tensor) -> torch.Tensor:
         """``(..., K, H, W)`` network outputs -> ``(..., C, H, W)`` fedfms logits."""
@@ -78,17 +79,20 @@ class NnUNetSegmenter(nn.Module):
         return heads[..., 1:, :, :] - heads[..., :1, :, :]
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """The plan's normalisation of ``(B, 3, H, W)`` images in [0, 1] (nnU-Net normalises each
-        image on its own: z-score for non-CT channels), ``(B, 3, H, W)`` float32."""
-        preprocessor = DefaultPreprocessor(verbose=False)
+        """The plan's normalisation of ``(B, 3, H, W)`` images in [0, 1], each image and channel on
+        its own (z-score for non-CT channels; only the non-zero region when the plan says
+        ``use_mask_for_norm``), as nnunetv2's normalisation classes do it. ``(B, 3, H, W)`` float32."""
+        c = self._configuration
+        properties = self._plans_manager.foreground_intensity_properties_per_channel
+        schemes = zip(c.normalization_schemes, c.use_mask_for_norm, strict=True)
+        normalisers = [getattr(normalization_schemes, scheme)(use_mask_for_norm=mask,
+                                                              intensityproperties=properties[str(i)])
+                       for i, (scheme, mask) in enumerate(schemes)]
         out = []
         for image in images.detach().float().cpu().numpy() * 255.0:
-            data = image[:, None]
-            seg = np.where(create_nonzero_mask(data), 0, -1).astype(np.int8)[None]
-            data = preprocessor._normalize(data, seg, self._configuration,
-                                           self._plans_manager.foreground_intensity_properties_per_channel)
-            out.append(torch.from_numpy(data[:, 0]))
-        return torch.stack(out).to(images.device)
+            seg = np.where(create_nonzero_mask(image[:, None])[0], 0, -1)  # nnU-Net's "outside" label
+            out.append(np.stack([n.run(channel, seg) for n, channel in zip(normalisers, image, strict=True)]))
+        return torch.from_numpy(np.stack(out)).float().to(images.device)
 
     def _whole_image_logits(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
@@ -96,8 +100,8 @@ class NnUNetSegmenter(nn.Module):
         self.network.decoder.deep_supervision = False
         return self._class_logits(self.network(x)[..., :h, :w])
 
-    def predict_image(self, image: torch.Tensor) -> torch.Tensor:
-        """nnU-Net's inference on one ``(3, H, W)`` image in [0, 1]: ``(C, H, W)`` logits."""
+    def predictor(self) -> nnUNetPredictor:
+        """nnunetv2's predictor over the current weights, on the network's device."""
         device = next(self.network.parameters()).device
         with contextlib.redirect_stdout(io.StringIO()):
             predictor = nnUNetPredictor(tile_step_size=self.tile_step, use_gaussian=True,
@@ -107,10 +111,14 @@ class NnUNetSegmenter(nn.Module):
         self.network.decoder.deep_supervision = False
         predictor.manual_initialization(self.network, self._plans_manager, self._configuration,
                                         [self.network.state_dict()], self.dataset, "nnUNetTrainer", (0, 1))
+        return predictor
+
+    def predict_image(self, image: torch.Tensor, predictor: nnUNetPredictor | None = None) -> torch.Tensor:
+        """nnU-Net's inference on one ``(3, H, W)`` image in [0, 1]: ``(C, H, W)`` logits."""
         data = image.detach().float().cpu().numpy()[:, None] * 255.0
         with contextlib.redirect_stdout(io.StringIO()):
-            _, probabilities = predictor.predict_single_npy_array(data, {"spacing": list(SPACING_2D)}, None, None,
-                                                                  True)
+            _, probabilities = (predictor or self.predictor()).predict_single_npy_array(
+                data, {"spacing": list(SPACING_2D)}, None, None, True)
         p = torch.from_numpy(np.asarray(probabilities, dtype=np.float32)[:, 0]).clamp(_EPS, 1 - _EPS)
         logits = torch.log(p) - torch.log1p(-p)
         if not self._labels.has_regions:
