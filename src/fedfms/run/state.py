@@ -4,7 +4,7 @@ own tensors (e.g. FedAdam's moments), the round number and the best round so far
 Layout under ``RUN_DIR/checkpoints/``::
 
     round-0007/  trainable.safetensors  strategy.safetensors  state.json
-    best/        the same files, for the round with the best mean validation Dice
+    best/        the same files, for the best round (see :mod:`fedfms.run.best`)
     LATEST       name of the newest complete round folder
 
 Each folder is written under a temporary name and renamed into place; ``LATEST`` is replaced
@@ -41,6 +41,7 @@ class RoundState:
     round: int
     best_round: int | None = None
     best_score: float | None = None
+    best_scores: dict[str, float] | None = None  # validation Dice per client of the best round
     config: dict = field(default_factory=dict)
 
 
