@@ -15,6 +15,7 @@ from fedfms.config import RunConfig
 from fedfms.federated.client_app import app as client_app
 from fedfms.federated.interrupt import stop_cleanly
 from fedfms.federated.server_app import server_app_for
+from fedfms.io import output_folder
 from fedfms.models import build_model
 from fedfms.train.planning import needs_plan
 from fedfms.train.sites import (
@@ -46,6 +47,7 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
     all, so clients train one after another and each uses every core).
     """
+    output_folder(config.output_dir)
     preflight(config)
     clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
@@ -55,7 +57,6 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                              "num_gpus": config.simulation.gpus_per_client},
         "init_args": {"num_cpus": cores, "include_dashboard": False},
     }
-    config.output_dir.mkdir(parents=True, exist_ok=True)
     save_run_split(config)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     results: list[dict[str, Any]] = []

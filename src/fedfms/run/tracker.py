@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fedfms.config import RunConfig, save_config
+from fedfms.io import output_folder
 from fedfms.run.best import RULE, beats, validation_scores
 from fedfms.run.log import RunLog, console_line, read_rows, round_summary, write_json
 from fedfms.run.state import (
@@ -46,7 +47,7 @@ class RunTracker:
                  resume_hint: str = RESUME_CLI) -> None:
         self.config = config
         self.resume_hint = resume_hint
-        self.run_dir = run_dir
+        self.run_dir = output_folder(run_dir)
         self.kind = kind
         self.log = RunLog(run_dir)
         self.started = time.perf_counter()
