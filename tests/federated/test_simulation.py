@@ -115,6 +115,28 @@ def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(f
     assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
 
 
+def test_a_killed_run_leaves_no_process_behind(federation, tmp_path, run_config):
+    """SIGKILL gives the run no chance to clean up; Ray's agents (children of the raylet) used to
+    survive it. The reaper's watchdog ends every process the run started."""
+    config = run_config(federation, tmp_path / "run", rounds=20)
+    path = tmp_path / "run.yaml"
+    save_config(config, path)
+    run = subprocess.Popen([sys.executable, "-m", "fedfms.cli", "train", "--config", str(path)],
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = config.output_dir / "checkpoints" / "LATEST"
+    deadline = time.monotonic() + 180
+    while not latest.exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    helpers = psutil.Process(run.pid).children(recursive=True)
+    names = " ".join(" ".join(p.cmdline()) for p in helpers if _still_running(p))
+    assert "DashboardAgent" in names and "RuntimeEnvAgent" in names, names
+    run.kill()
+    run.wait()
+    _, alive = psutil.wait_procs(helpers, timeout=20)
+    survivors = [p for p in alive if _still_running(p)]
+    assert not survivors, [" ".join(p.cmdline()) for p in survivors]
+
+
 def test_nnunet_is_planned_from_the_training_clients_merged_fingerprints(federation, tmp_path, run_config):
     base = run_config(federation, tmp_path / "run", rounds=1)
     config = base.model_copy(update={"model": base.model.model_copy(update={"arch": "nnunet"})})

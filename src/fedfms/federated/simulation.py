@@ -14,6 +14,7 @@ from flwr.simulation import run_simulation
 from fedfms.config import RunConfig
 from fedfms.federated.client_app import app as client_app
 from fedfms.federated.interrupt import stop_cleanly
+from fedfms.federated.reaper import reaped
 from fedfms.federated.server_app import server_app_for
 from fedfms.io import output_folder
 from fedfms.models import build_model
@@ -63,7 +64,7 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     server_app = server_app_for(config, config.output_dir, len(clients), resume, results)
     logger.info("%s: starting Flower's simulation runtime, %d virtual SuperNodes (%s); the first round "
                 "line follows round 1", config.name, len(clients), ", ".join(clients))
-    with warnings.catch_warnings(), stop_cleanly(config.output_dir):
+    with warnings.catch_warnings(), reaped(), stop_cleanly(config.output_dir):
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(clients),
                        backend_config=backend)
