@@ -11,9 +11,9 @@ untouched, so readers never see a sample that is not complete.
 A killed preparation cannot clean up after itself; the next one into the same folder does, on
 its own: one preparation at a time writes into a folder of clients (an exclusive lock on the
 folder, released by the kernel when its holder dies), so whatever the lock's new holder finds
-of a client it writes is a leftover: hidden ``.<client>.tmp-*`` / ``.<client>.old-*`` folders
-are removed (a client caught between the two renames of a replacement gets its previous
-version back) and sample files that its manifest does not list (a killed ``--append``) are
+is a leftover: hidden ``.<client>.tmp-*`` / ``.<client>.old-*`` folders are removed (a client
+caught between the two renames of a replacement gets its previous version back), and sample
+files of the client it writes that its manifest does not list (a killed ``--append``) are
 deleted. Each recovery is logged.
 """
 
@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +45,7 @@ from fedfms.errors import FedfmsError
 from fedfms.io import atomic_write_text, output_folder, umask
 
 logger = logging.getLogger("fedfms")
+_LEFTOVER = re.compile(r"^\.(?P<client>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")  # see _open and _publish
 
 class ClientExistsError(FedfmsError, FileExistsError):
     """The target client folder exists and neither overwrite nor append was asked for."""
@@ -196,24 +198,28 @@ def lock_folder(folder: Path) -> int:
 
 
 def recover_client(out_root: Path, client: str) -> list[str]:
-    """Undo what a killed preparation of ``client`` left in ``out_root`` (the caller holds the
-    folder's lock, so nobody else is writing it); returns what was done, also logged."""
+    """Undo what killed preparations left in ``out_root`` (the caller holds the folder's lock,
+    so nobody else is writing it): every client's hidden temporaries, a client caught between
+    the two renames of its replacement, and the sample files of ``client`` that its manifest
+    does not list. Returns what was done, also logged."""
     done: list[str] = []
-    final = out_root / client
-    olds = sorted(out_root.glob(f".{client}.old-*"))
-    if olds and not final.exists():
-        os.replace(olds[0], final)
-        done.append(f"restored {final} from {olds[0].name} (killed while replacing it)")
-    for leftover in sorted(out_root.glob(f".{client}.tmp-*")) + sorted(out_root.glob(f".{client}.old-*")):
+    leftovers = sorted(p for p in out_root.iterdir() if _LEFTOVER.match(p.name))
+    for old in (p for p in leftovers if _LEFTOVER.match(p.name)["kind"] == "old"):
+        final = out_root / _LEFTOVER.match(old.name)["client"]
+        if not final.exists():
+            os.replace(old, final)
+            done.append(f"restored {final} from {old.name} (killed while replacing it)")
+    for leftover in (p for p in leftovers if p.exists()):
         shutil.rmtree(leftover, ignore_errors=True)
         done.append(f"removed {leftover.name}")
+    final = out_root / client
     with contextlib.suppress(ManifestError):  # no client yet, or one that stops the preparation later
         listed = {r.id for r in read_manifest(final).samples}
         for sub in (IMAGES_DIR, MASKS_DIR):
             for stray in sorted((final / sub).glob("*.npy")):
                 if stray.stem not in listed:
                     stray.unlink()
-                    done.append(f"deleted {sub}/{stray.name}, which {MANIFEST_NAME} does not list")
+                    done.append(f"deleted {final.name}/{sub}/{stray.name}, which {MANIFEST_NAME} does not list")
     for line in done:
-        logger.warning("%s: leftover of a killed preparation: %s", final, line)
+        logger.warning("%s: leftover of a killed preparation: %s", out_root, line)
     return done
