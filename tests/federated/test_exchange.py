@@ -1,10 +1,10 @@
 """The server's side of a round against a fake Grid: the round's deadline holds even when a
 pull blocks (a site that died mid-upload), and a restarted site takes its place again."""
 
-import threading
 import time
 
 import pytest
+from fake_grid import FakeGrid
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedfms.config import DataConfig, RunConfig
@@ -13,35 +13,6 @@ from fedfms.federated.exchange import exchange
 from fedfms.federated.server import Node, rejoin
 
 pytestmark = pytest.mark.usefixtures("task_identity")
-
-
-class FakeGrid:
-    """Answers every message of the nodes in ``answers`` at once; a pull that would return a
-    reply of a node in ``stalled`` blocks until ``release`` is set, as Flower's pull of a
-    half-uploaded reply does until the upload session expires."""
-
-    def __init__(self, online: list[int], answers: dict[int, RecordDict], stalled: tuple[int, ...] = ()) -> None:
-        self.online, self.answers, self.stalled = online, answers, stalled
-        self.release = threading.Event()
-        self.sent: dict[str, Message] = {}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.online)
-
-    def push_messages(self, messages):
-        ids = []
-        for n, message in enumerate(messages):
-            message.metadata.__dict__["_message_id"] = f"m{len(self.sent)}-{n}"
-            self.sent[message.metadata.message_id] = message
-            ids.append(message.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids):
-        wanted = [self.sent[i] for i in message_ids]
-        if any(m.metadata.dst_node_id in self.stalled for m in wanted):
-            self.release.wait()
-        return [Message(self.answers[m.metadata.dst_node_id], reply_to=m) for m in wanted
-                if m.metadata.dst_node_id in self.answers]
 
 
 def _query(node: int) -> Message:
