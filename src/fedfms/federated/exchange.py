@@ -40,17 +40,22 @@ def _pull(grid: Grid, message_ids: set[str], wait: float | None) -> list[Message
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[tuple[int, Message]]:
-    """Send ``messages`` and pair every reply with the node its message went to; nodes without
-    a complete reply ``timeout`` seconds after the call (``None``: wait for all) are absent.
+    """Send ``messages`` and pair every reply with the node its message went to, in the order
+    of the messages (so that aggregation does not depend on arrival order); nodes without a
+    complete reply ``timeout`` seconds after the call (``None``: wait for all) are absent.
 
-    A reply's ``src_node_id`` is not enough: when a node is gone, the SuperLink itself answers
-    with an error (source: the SuperLink), so replies are matched through ``reply_to_message_id``.
+    The messages' time-to-live is set to ``timeout``. A reply's ``src_node_id`` is not enough:
+    when a node is gone, the SuperLink itself answers with an error (source: the SuperLink), so
+    replies are matched through ``reply_to_message_id``.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     messages = list(messages)
+    if timeout is not None:
+        for message in messages:  # a site that comes back late skips the rounds already over
+            message.metadata.ttl = timeout
     pending = {i for i in grid.push_messages(messages) if i}
-    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-    replies: list[tuple[int, Message]] = []
+    order = {m.metadata.message_id: i for i, m in enumerate(messages)}
+    replies: list[Message] = []
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -60,7 +65,8 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> 
             break
         for reply in pulled:
             pending.discard(reply.metadata.reply_to_message_id)
-            replies.append((destination[reply.metadata.reply_to_message_id], reply))
+            replies.append(reply)
         if pending:
             time.sleep(POLL_S if left is None else max(0.0, min(POLL_S, deadline - time.monotonic())))
-    return replies
+    replies.sort(key=lambda r: order[r.metadata.reply_to_message_id])  # the messages' order, not arrival's
+    return [(messages[order[r.metadata.reply_to_message_id]].metadata.dst_node_id, r) for r in replies]
