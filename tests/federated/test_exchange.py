@@ -4,13 +4,17 @@ pull blocks (a site that died mid-upload), and a restarted site takes its place 
 import time
 
 import pytest
+import torch
 from fake_grid import FakeGrid
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 
-from fedfms.config import DataConfig, RunConfig
+from fedfms.config import DataConfig, FederationConfig, RunConfig
 from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
-from fedfms.federated.server import Node, rejoin
+from fedfms.federated.server import FederationError, Node, _train_round, rejoin
+from fedfms.federated.strategy import make_strategy
+from fedfms.federated.wire import record_shapes, to_record
+from fedfms.run.tracker import RESUME_DEPLOYMENT
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -42,10 +46,22 @@ def _info(client: str, digest: str = "d") -> RecordDict:
 def test_a_restarted_site_with_a_new_node_id_takes_its_place_and_strangers_are_left_out():
     config = RunConfig(data=DataConfig(clients=["A", "B"]))
     nodes = [Node(1, "A", 4, 1, 5, ["x"], "d"), Node(2, "B", 4, 1, 5, ["x"], "d")]
-    grid = FakeGrid([1, 7, 8, 9], {7: _info("B"), 8: _info("Z"), 9: _info("A", digest="other")})
+    grid = FakeGrid([1, 7, 8, 9, 10, 11], {7: _info("B"), 8: _info("Z"), 9: _info("A", digest="other"),
+                                            11: Error(code=0, reason="broken")})  # 10: silent
     ignored: set[int] = set()
-    after = rejoin(grid, nodes, config, timeout=2.0, ignored=ignored)
+    after = rejoin(grid, nodes, config, timeout=1.0, ignored=ignored)
     assert [(n.client, n.node_id) for n in after] == [("A", 1), ("B", 7)]
-    assert ignored == {8, 9}
+    assert ignored == {8, 9, 11}
     asked = len(grid.sent)
-    assert rejoin(grid, after, config, timeout=2.0, ignored=ignored) == after and len(grid.sent) == asked
+    assert rejoin(grid, after, config, timeout=1.0, ignored=ignored) == after
+    assert [m.metadata.dst_node_id for m in list(grid.sent.values())[asked:]] == [10]  # only the silent one again
+
+
+def test_too_few_updates_stop_the_run_saying_how_this_runtime_resumes():
+    nodes = [Node(1, "A", 4, 1, 5, ["x"], "d"), Node(2, "B", 4, 1, 5, ["x"], "d")]
+    config = RunConfig(data=DataConfig(clients=["A", "B"]), federation=FederationConfig(round_timeout_s=0.5))
+    arrays = to_record({"w": torch.zeros(2)})
+    grid = FakeGrid([1, 2], {})  # both sites silent
+    with pytest.raises(FederationError, match="0 valid updates, 1 required.*resume=true in flwr run's --run-config"):
+        _train_round(grid, make_strategy(config.federation, 1), nodes, {n.node_id: n for n in nodes}, arrays,
+                     record_shapes(arrays), config, 1, 1, RESUME_DEPLOYMENT)

@@ -82,14 +82,15 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
-def _identify(grid: Grid, node_ids: list[int], config: RunConfig, timeout: float) -> tuple[list[Node], list[str]]:
-    """Ask ``node_ids`` who they are: the nodes that answered, and the errors of the others."""
+def _identify(grid: Grid, node_ids: list[int], config: RunConfig, timeout: float) -> tuple[list[Node], dict[int, str]]:
+    """Ask ``node_ids`` who they are: the nodes that answered, and the errors of those whose
+    answer was an error (by node id)."""
     messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in node_ids]
-    nodes, errors = [], []
+    nodes, errors = [], {}
     for src, reply in exchange(grid, messages, timeout):
         if reply.has_error():
-            errors.append(f"node {src}: {reply.error.reason}")
+            errors[src] = reply.error.reason
             continue
         info = reply.content[P.INFO]
         nodes.append(Node(src, str(info["client"]), int(info["num-train"]), int(info["num-val"]),
@@ -102,7 +103,7 @@ def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
     node_ids = _wait_for_nodes(grid, expected, config.federation.connect_timeout_s)
     nodes, errors = _identify(grid, node_ids, config, config.federation.connect_timeout_s)
     if errors:
-        raise FederationError("nodes failed to start: " + "; ".join(errors))
+        raise FederationError("nodes failed to start: " + "; ".join(f"node {n}: {e}" for n, e in errors.items()))
     names = [n.client for n in nodes]
     if len(set(names)) != len(names):
         raise FederationError(f"two nodes serve the same client: {sorted(names)}")
@@ -123,16 +124,17 @@ def rejoin(grid: Grid, nodes: list[Node], config: RunConfig, timeout: float, ign
     """``nodes`` with the node ids of sites that came back: a connected node the run does not
     know (a restarted SuperNode without a registered key gets a new id) is asked who it is,
     and takes its site's place if it serves one of the run's clients with the same classes and
-    frozen weights. Any other node is named in the log and added to ``ignored``."""
+    frozen weights. A node that answers with an error or as another client is named in the log
+    and added to ``ignored``; one that does not answer in time is asked again next round."""
     known = {n.node_id for n in nodes} | ignored
     unknown = [n for n in grid.get_node_ids() if n not in known]
     if not unknown:
         return nodes
     by_client = {n.client: n for n in nodes}
     came_back, errors = _identify(grid, unknown, config, timeout)
-    ignored.update(set(unknown) - {n.node_id for n in came_back})
-    for error in errors:
-        logger.warning("a new node did not say who it is: %s", error)
+    ignored.update(errors)
+    for node_id, error in errors.items():
+        logger.warning("node %d did not say who it is: %s", node_id, error)
     for node in came_back:
         old = by_client.get(node.client)
         if old is None or (node.class_names, node.digest) != (old.class_names, old.digest):
