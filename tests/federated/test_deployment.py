@@ -31,7 +31,7 @@ CONNECTION = "fedfms-test"
 DYING = "site-B"
 RUN_TIMEOUT_S = 360
 ROUNDS = 4
-ROUND_TIMEOUT_S = 60
+ROUND_TIMEOUT_S = 90
 
 
 def _deployment_config(run_dir: Path) -> RunConfig:
