@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -57,9 +58,10 @@ def test_two_rounds_with_three_clients_train_two_and_test_the_unseen(federation,
 
 
 def _corrupt_samples(client) -> None:
-    """Sample files that exist (the preflight passes) but do not load (the node fails in training)."""
+    """Sample arrays of the right shape (the preflight reads only their headers and passes) whose
+    values are text, which no model takes (the node fails in training)."""
     for path in (client / "images").iterdir():
-        path.write_bytes(b"not an array")
+        np.save(path, np.full(np.load(path).shape, "x"))
 
 
 def test_a_failing_client_is_named_and_the_round_goes_on(federation, tmp_path, run_config):

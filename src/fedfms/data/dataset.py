@@ -37,6 +37,16 @@ def read_array(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
     return array
 
 
+def read_tensor(path: Path) -> torch.Tensor:
+    """The array of ``path`` as a tensor; :class:`SampleError` names the file if it cannot be
+    read or holds values no tensor takes (text, objects)."""
+    array = read_array(path)
+    try:
+        return torch.from_numpy(np.array(array))
+    except TypeError as err:
+        raise SampleError(f"{path}: sample array of type {array.dtype} ({err}); prepare this client again") from None
+
+
 class ClientDataset(Dataset):
     """Samples of one client: ``{"image": (3, S, S) float32 in [0, 1], "mask": (C, M, M) float32
     in {0, 1}, "id": str}``; ``indices`` selects manifest samples (e.g. a train split)."""
@@ -70,15 +80,14 @@ class ClientDataset(Dataset):
 
     def load_image(self, item: int) -> torch.Tensor:
         """``(3, S, S)`` float32 in [0, 1], resized to ``image_size``."""
-        image = read_array(self.image_path(item))
-        image_t = torch.from_numpy(np.array(image)).float().div_(255.0)
+        image_t = read_tensor(self.image_path(item)).float().div_(255.0)
         image_t = resize_image_tensor(image_t, self.image_size).clamp_(0.0, 1.0)
         return image_t.expand(3, -1, -1).contiguous()  # grey stored once, 3 copies on load
 
     def load_mask(self, item: int) -> torch.Tensor:
         """``(C, M, M)`` float32 in {0, 1}, resized (nearest) to ``mask_size``."""
-        mask = read_array(self.client_dir / MASKS_DIR / f"{self.sample_id(item)}.npy")
-        return resize_mask_tensor(torch.from_numpy(np.array(mask)), self.mask_size).float()
+        mask = read_tensor(self.client_dir / MASKS_DIR / f"{self.sample_id(item)}.npy")
+        return resize_mask_tensor(mask, self.mask_size).float()
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
         return {"image": self.load_image(item), "mask": self.load_mask(item), "id": self.sample_id(item)}
