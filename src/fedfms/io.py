@@ -26,7 +26,7 @@ def describe(err: OSError, path: Path | None = None) -> str:
     if err.errno in (errno.EEXIST, errno.ENOTDIR):
         return f"{where}: a file is in the way where a folder is needed"
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{where}: the disk is full (files written before are unchanged)"
+        return f"{where}: the disk is full"
     return f"{where}: {(err.strerror or str(err)).lower()}"
 
 
