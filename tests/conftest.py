@@ -1,4 +1,4 @@
-"""Fixtures shared by all tests: the real data sets in ``../shared/data``."""
+"""Fixtures shared by all tests: the real data sets in ``../shared/data``, Flower's task identity."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 
 def shared_data_dir() -> Path:
@@ -23,3 +24,13 @@ def shared_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def task_identity():
+    """Flower stamps messages with the identity of the running task, which its runtime sets for
+    each app process; tests that play an app's part without a runtime set it here."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

@@ -11,6 +11,7 @@ from fedfms.benchmarks.efficiency import efficiency_command
 from fedfms.data.cli import prepare_app
 from fedfms.errors import FedfmsError
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
+from fedfms.io import describe
 from fedfms.models.cli import models_command
 from fedfms.predict import predict_command
 
@@ -28,8 +29,9 @@ app.command("predict")(predict_command)
 
 def main() -> None:
     """Console-script entry point. An error about the user's input or files (a config typo,
-    corrupt data, a wrong checkpoint, a missing node) prints as one line and exits with 1;
-    ``FEDFMS_DEBUG=1`` shows its traceback instead. Ctrl-C exits with 130 and says how to resume
+    corrupt data, a wrong checkpoint, a missing node) or a failed write (a full disk, a
+    read-only folder) prints as one line naming the file and exits with 1; ``FEDFMS_DEBUG=1``
+    shows its traceback instead. Ctrl-C exits with 130 and says how to resume
     (a simulated run also stops Flower's runtime, see :mod:`fedfms.federated.interrupt`)."""
     try:
         app()
@@ -37,10 +39,11 @@ def main() -> None:
         typer.secho("interrupted: completed rounds are on disk; run the same command with --resume to continue",
                     fg=typer.colors.YELLOW, err=True)
         raise SystemExit(130) from None
-    except FedfmsError as err:
+    except (FedfmsError, OSError) as err:
         if os.environ.get("FEDFMS_DEBUG"):
             raise
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        message = err if isinstance(err, FedfmsError) else describe(err)
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         raise SystemExit(1) from None
 
 

@@ -232,6 +232,9 @@ class FederationConfig(_Strict):
     """Server side: rounds, aggregation, the tolerance for failing clients, and how client
     updates travel (``update_encoding``: ``full`` float32 tensors, or ``delta-fp16``, the
     float16 difference to the global model: half the upload, see :mod:`fedfms.federated.wire`).
+    Dropouts: a round goes on with at least ``min_train_clients`` valid updates (default: half
+    the training clients, rounded up); ``round_timeout_s`` bounds each of a round's two
+    exchanges (train, evaluate), also when a site dies mid-upload.
     Robustness: an update that moved the model more than ``max_update_ratio`` times the
     round's median distance is rejected and named (``null`` turns the screen off); the
     ``fedmedian`` and ``fedtrimmedavg`` strategies (Flower's coordinate-wise median and trimmed

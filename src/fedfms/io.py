@@ -1,14 +1,47 @@
 """Files written whole or not at all: a temporary file in the target's folder, flushed and
 fsynced, then renamed over the target (``os.replace`` is atomic on POSIX), so a kill or a full
-disk never leaves a half-written file under the real name."""
+disk never leaves a half-written file under the real name. Output folders are checked before
+work starts, and a failed write is one line naming the path (:func:`describe`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from fedfms.errors import FedfmsError
+
+
+class OutputError(FedfmsError, OSError):
+    """An output path that cannot be written: a file where a folder is needed, no permission,
+    a read-only file system, a full disk."""
+
+
+def describe(err: OSError, path: Path | None = None) -> str:
+    """One line for a failed file operation: the path and what went wrong."""
+    where = err.filename or path or "a file"
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{where}: a file is in the way where a folder is needed"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: the disk is full"
+    return f"{where}: {(err.strerror or str(err)).lower()}"
+
+
+def output_folder(path: Path) -> Path:
+    """Create the folder ``path`` if needed and check that a file can be written into it, so
+    that a wrong output path fails before any work starts (:class:`OutputError`)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"0")
+            probe.flush()
+    except OSError as err:
+        raise OutputError(f"cannot write the output folder: {describe(err, path)}") from None
+    return path
 
 
 def umask() -> int:

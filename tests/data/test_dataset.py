@@ -51,3 +51,18 @@ def test_grey_is_repeated_to_three_channels(tmp_path, client):
 def test_dataloader_batches(client):
     batch = next(iter(DataLoader(ClientDataset(client), batch_size=6, shuffle=True)))
     assert batch["image"].shape == (6, 3, 64, 64) and batch["mask"].shape == (6, 2, 16, 16) and len(batch["id"]) == 6
+
+
+def test_a_sample_that_cannot_be_read_names_its_file(tmp_path):
+    from fedfms.data.dataset import SampleError, read_array, read_tensor
+
+    text, garbage, small = tmp_path / "text.npy", tmp_path / "garbage.npy", tmp_path / "small.npy"
+    np.save(text, np.full((1, 4, 4), "x"))
+    garbage.write_bytes(b"not an array")
+    np.save(small, np.zeros((1, 2, 2), np.uint8))
+    with pytest.raises(SampleError, match=f"{text}: sample array of type <U1"):
+        read_tensor(text)
+    with pytest.raises(SampleError, match=f"{garbage}: unreadable sample array"):
+        read_array(garbage)
+    with pytest.raises(SampleError, match=rf"{small}: array of shape \(1, 2, 2\), expected \(-1, 4, 4\)"):
+        read_array(small, (-1, 4, 4))

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
 from fedfms.data import make_synthetic_federation
@@ -33,13 +32,3 @@ def run_config():
     """Builds a tiny-SAM run config leaving ``site-C`` out: ``run_config(root, out, rounds=2,
     mode="msa", **federation)``; lr large enough that one step visibly moves the weights."""
     return _run_config
-
-
-@pytest.fixture
-def task_identity():
-    """Flower stamps messages with the identity of the running task, which its runtime sets for
-    each app process; tests that play an app's part without a runtime set it here."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

@@ -1,6 +1,7 @@
-"""Harness of the deployment test: TLS material, free loopback ports, and a real Flower
-deployment (one SuperLink, one SuperNode per site, ``flwr run``) started as separate
-processes that are always stopped again, with every process's output kept in a log file.
+"""Harness of the deployment test: TLS material, SuperNode key pairs, free loopback ports, and
+a real Flower deployment (one SuperLink, one SuperNode per site, ``flwr run``) started as
+separate processes that are always stopped again, with every process's output kept in a log
+file.
 
 Everything binds to 127.0.0.1 and every Flower process gets its own ``FLWR_HOME`` under the
 test's temporary folder, so a run never reads or writes ``~/.flwr``.
@@ -95,6 +96,21 @@ def make_certificates(folder: Path, hosts: tuple[str, ...] = (LOOPBACK, "localho
     certs.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, certs.server_key)
     return certs
+
+
+def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode's key pair, as ``ssh-keygen -t ecdsa -b 384 -N "" -f <name>`` writes it:
+    ``<name>`` (private, OpenSSH format) and ``<name>.pub``. The SuperLink knows the node by the
+    public key once it is registered (``flwr supernode register``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / name, folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH))
+    return private, public
 
 
 # --- ports and probes ------------------------------------------------------------------------
@@ -295,21 +311,25 @@ class Deployment:
         return _alive(identity)
 
     # the Flower processes --------------------------------------------------------------
-    def superlink(self, port: int, certs: Certificates | None) -> Process:
+    def superlink(self, port: int, certs: Certificates | None, node_auth: bool = False) -> Process:
         """A SuperLink: Fleet, Control and Runtime (ServerAppIo) APIs on one HTTPS port.
-        Runtime dependency installation (``uv sync`` of the app's dependencies) is off."""
+        Runtime dependency installation (``uv sync`` of the app's dependencies) is off; with
+        ``node_auth`` only SuperNodes whose public key is registered may connect."""
         tls = (["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server_cert),
                 "--ssl-keyfile", str(certs.server_key)] if certs else ["--insecure"])
-        return self.start("superlink", ["flower-superlink", *tls, "--host", LOOPBACK, "--port", str(port),
+        auth = ["--enable-supernode-auth"] if node_auth else []
+        return self.start("superlink", ["flower-superlink", *tls, *auth, "--host", LOOPBACK, "--port", str(port),
                                         "--disable-runtime-dependency-installation",
                                         "--database", str(self.root / "superlink.db")])
 
     def supernode(self, name: str, superlink_port: int, runtime_port: int, node_config: str,
-                  ca: Path | None, extra: tuple[str, ...] = ()) -> Process:
+                  ca: Path | None, key: Path | None = None, extra: tuple[str, ...] = ()) -> Process:
         """A SuperNode that reaches the SuperLink over HTTPS trusting ``ca`` (``None``: the
-        system's CAs); its own Runtime API (for its ClientApp processes) on ``runtime_port``."""
+        system's CAs) and signs its requests with the private ``key`` (see :func:`make_node_key`);
+        its own Runtime API (for its ClientApp processes) on ``runtime_port``."""
         tls = ["--root-certificates", str(ca)] if ca else []
-        return self.start(name, ["flower-supernode", "--superlink", f"{LOOPBACK}:{superlink_port}", *tls,
+        auth = ["--auth-supernode-private-key", str(key)] if key else []
+        return self.start(name, ["flower-supernode", "--superlink", f"{LOOPBACK}:{superlink_port}", *tls, *auth,
                                  "--host", LOOPBACK, "--port", str(runtime_port),
                                  "--node-config", node_config, *extra])
 
@@ -339,6 +359,13 @@ class Deployment:
         if not payload.get("success"):
             raise RuntimeError(f"flwr run did not start a run: {payload}")
         return int(payload["run-id"])
+
+    def register_node(self, connection: str, public_key: Path, name: str, timeout: float = 60.0) -> int:
+        """``flwr supernode register <public key> <connection>``: the SuperLink admits the node
+        holding the matching private key; returns the node id it will have."""
+        payload = self._flwr_json("flwr-register", ["supernode", "register", str(public_key), connection,
+                                                    "--name", name], timeout)
+        return int(payload["node-id"])
 
     def run_status(self, connection: str, run_id: int, timeout: float = 60.0) -> str:
         """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""

@@ -1,7 +1,10 @@
 """A real deployment on loopback: one SuperLink and three SuperNodes (one per site, each given
-its own data folder through its node config) talking HTTPS with certificates made here, the
-run submitted with ``flwr run`` on this repository. After round 1 one training site's SuperNode
-is killed; the run goes on with the other and completes its three rounds.
+its own data folder through its node config) talking HTTPS with certificates made here, each
+SuperNode authenticated by its own key registered with ``flwr supernode register``; the run
+submitted with ``flwr run`` on this repository. A node that trusts no CA and a node whose key
+is not registered are both refused. After round 1 one training site's SuperNode is killed:
+round 2 ends within its timeouts without it, the run goes on with the other site (the default
+``min_train_clients``), and the same site restarted with its key trains again in the last round.
 
 Every process gets free ports chosen here, its own FLWR_HOME under ``tmp_path`` and a log file
 (``tmp_path/logs``); all of them, and whatever they started, are stopped when the test ends,
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from deployment import REPO, Deployment, free_port, https_get, make_certificates, plain_http_answers
+from deployment import REPO, Deployment, free_port, https_get, make_certificates, make_node_key, plain_http_answers
 
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig, save_config
 from fedfms.run.log import read_rows
@@ -27,6 +30,8 @@ UNSEEN = "site-C"
 CONNECTION = "fedfms-test"
 DYING = "site-B"
 RUN_TIMEOUT_S = 360
+ROUNDS = 4
+ROUND_TIMEOUT_S = 90
 
 
 def _deployment_config(run_dir: Path) -> RunConfig:
@@ -36,7 +41,7 @@ def _deployment_config(run_dir: Path) -> RunConfig:
         model=ModelConfig(backbone="tiny", mode="msa", num_classes=1, image_size=64),
         data=DataConfig(clients=list(SITES), unseen=UNSEEN),
         train=TrainConfig(batch_size=4, lr=1e-3),
-        federation=FederationConfig(rounds=3, connect_timeout_s=120, round_timeout_s=60, min_train_clients=1),
+        federation=FederationConfig(rounds=ROUNDS, connect_timeout_s=120, round_timeout_s=ROUND_TIMEOUT_S),
     )
 
 
@@ -52,7 +57,7 @@ def _start_superlink(deployment: Deployment, certs, attempts: int = 3) -> int:
     wait until it answers over HTTPS; returns the port."""
     for attempt in range(attempts):
         port = free_port()
-        superlink = deployment.superlink(port, certs)
+        superlink = deployment.superlink(port, certs, node_auth=True)
         try:
             deployment.wait_until(lambda: _answers(f"https://127.0.0.1:{port}/health", certs.ca), 60,
                                   "SuperLink answering over HTTPS", alive=("superlink",))
@@ -70,13 +75,18 @@ def _serverapp_ended(deployment: Deployment) -> bool:
     return bool(seen) and not any(deployment.is_alive(identity) for identity in seen)
 
 
-def _rounds_done(run_dir: Path) -> list[int]:
-    return [r["round"] for r in read_rows(run_dir) if r["kind"] == "round"]
+def tail_of(process) -> str:
+    return process.log.read_text(errors="replace")[-3000:]
 
 
-def test_superlink_and_three_supernodes_over_tls_survive_a_dying_site(federation, tmp_path):
+def _round_rows(run_dir: Path) -> dict[int, dict]:
+    return {r["round"]: r for r in read_rows(run_dir) if r["kind"] == "round"}
+
+
+def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_back(federation, tmp_path):
     started = time.monotonic()
     certs = make_certificates(tmp_path / "tls")
+    keys = {name: make_node_key(tmp_path / "keys", name) for name in (*SITES, "stranger")}
     run_dir = tmp_path / "run"
     config_path = tmp_path / "run.yaml"
     save_config(_deployment_config(run_dir), config_path)
@@ -85,26 +95,43 @@ def test_superlink_and_three_supernodes_over_tls_survive_a_dying_site(federation
     with Deployment(tmp_path) as deployment:
         try:
             port = _start_superlink(deployment, certs)
+            deployment.write_cli_config(CONNECTION, port, certs.ca)
+            node_ids = {site: deployment.register_node(CONNECTION, keys[site][1], site) for site in SITES}
+            assert len(set(node_ids.values())) == len(SITES)
 
             # TLS only: no plain HTTP on the port, and a SuperNode that does not trust our CA
-            # (system certificates only) is refused at the handshake and gives up.
+            # (system certificates only) is refused at the handshake and gives up; one that
+            # trusts it but holds an unregistered key is refused by the authentication.
             assert not plain_http_answers("127.0.0.1", port), "the SuperLink answers unencrypted HTTP"
+            give_up = ("--max-retries", "1", "--max-wait-time", "10")
             untrusted = deployment.supernode("untrusted", port, free_port(), "data-dir='/nonexistent'", ca=None,
-                                             extra=("--max-retries", "1", "--max-wait-time", "10"))
+                                             key=keys["stranger"][0], extra=give_up)
+            stranger = deployment.supernode("stranger", port, free_port(), f"data-dir='{federation / 'site-A'}'",
+                                            ca=certs.ca, key=keys["stranger"][0], extra=give_up)
 
-            nodes = {site: deployment.supernode(site, port, free_port(), f"data-dir='{federation / site}'", ca=certs.ca)
-                     for site in SITES}
-            deployment.write_cli_config(CONNECTION, port, certs.ca)
+            def site_node(site: str, name: str | None = None):
+                return deployment.supernode(name or site, port, free_port(), f"data-dir='{federation / site}'",
+                                            ca=certs.ca, key=keys[site][0])
+
+            nodes = {site: site_node(site) for site in SITES}
             run_id = deployment.flwr_run(REPO, CONNECTION, f"config='{config_path}' run-dir='{run_dir}'")
 
             untrusted.popen.wait(timeout=60)
             assert untrusted.popen.returncode != 0
             assert "CERTIFICATE_VERIFY_FAILED" in untrusted.log.read_text(errors="replace")
+            stranger.popen.wait(timeout=60)
+            assert stranger.popen.returncode != 0, "a node with an unregistered key was let in"
+            assert "Failed to activate SuperNode" in stranger.log.read_text(errors="replace"), tail_of(stranger)
+            superlink_log = next(p for p in deployment.processes if p.name == "superlink").log
+            assert "No SuperNode found with the given public key" in superlink_log.read_text(errors="replace")
 
-            deployment.wait_until(lambda: 1 in _rounds_done(run_dir) or _serverapp_ended(deployment), RUN_TIMEOUT_S,
+            deployment.wait_until(lambda: 1 in _round_rows(run_dir) or _serverapp_ended(deployment), RUN_TIMEOUT_S,
                                   "round 1", alive=("superlink", *SITES), interval=0.5)
-            deployment.kill(nodes[DYING])
+            deployment.kill(nodes[DYING])  # round 2 has just been sent out
             alive = tuple(s for s in SITES if s != DYING)
+            deployment.wait_until(lambda: 2 in _round_rows(run_dir) or _serverapp_ended(deployment), RUN_TIMEOUT_S,
+                                  "round 2 without the dead site", alive=("superlink", *alive), interval=0.5)
+            site_node(DYING, name=f"{DYING}-restarted")  # the same key: the same node id
 
             results_path = run_dir / "results.json"
             deployment.wait_until(lambda: results_path.exists() or _serverapp_ended(deployment), RUN_TIMEOUT_S,
@@ -115,20 +142,24 @@ def test_superlink_and_three_supernodes_over_tls_survive_a_dying_site(federation
             assert status == "finished:completed", status
 
             rows = read_rows(run_dir)
-            assert _rounds_done(run_dir) == [1, 2, 3]
+            rounds = _round_rows(run_dir)
+            assert sorted(rounds) == list(range(1, ROUNDS + 1))
             train = [r for r in rows if r["kind"] == "train"]
-            assert {r["client"] for r in train if r["round"] == 1} == {"site-A", "site-B"}
-            assert {r["client"] for r in train if r["round"] == 3} == {"site-A"}
+            trained = {n: {r["client"] for r in train if r["round"] == n} for n in rounds}
+            assert trained[1] == {"site-A", "site-B"} and trained[2] == {"site-A"}
+            assert trained[ROUNDS] == {"site-A", "site-B"}, trained  # the restarted site is back
+            assert any(f.startswith(f"{DYING} (train)") for f in rounds[2]["failed"]), rounds[2]
+            # the round without the dead site: its train and evaluate exchanges, each within the timeout
+            assert rounds[2]["seconds"] < 2 * ROUND_TIMEOUT_S + 15, rounds[2]
             assert all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in train)
-            failed = [f for r in rows if r["kind"] == "round" and r["round"] > 1 for f in r["failed"]]
-            assert any(f.startswith(f"{DYING} (train)") for f in failed), failed
             unseen = [r for r in rows if r["kind"] == "eval" and r["client"] == UNSEEN]
-            assert [r["round"] for r in unseen] == [1, 2, 3] and all(r["role"] == "unseen" for r in unseen)
-            assert all(r["split"] == "test" and r["images"] == 8 for r in unseen)
+            assert [r["round"] for r in unseen] == list(range(1, ROUNDS + 1))
+            assert all(r["role"] == "unseen" and r["split"] == "test" and r["images"] == 8 for r in unseen)
+            assert all("best_compared_on" in r for r in rounds.values())
 
             results = json.loads(results_path.read_text())
-            assert results["best_round"] in (1, 2, 3)
-            assert set(results["clients"]) == {"site-A", UNSEEN} and results["clients"][UNSEEN]["role"] == "unseen"
+            assert results["best_round"] in rounds and "both rounds" in results["best_round_rule"]
+            assert set(results["clients"]) == set(SITES) and results["clients"][UNSEEN]["role"] == "unseen"
             assert (run_dir / "best_model").exists()
             clients = json.loads((run_dir / "clients.json").read_text())
             assert {c["client"]: c["role"] for c in clients} == {"site-A": "train", "site-B": "train",

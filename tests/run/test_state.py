@@ -6,7 +6,7 @@ import torch
 from fedfms.config import DataConfig, FederationConfig, RunConfig
 from fedfms.run.log import RunLogError, read_rows
 from fedfms.run.state import ResumeError, RoundState, load_best, load_latest, save_round
-from fedfms.run.tracker import RunTracker
+from fedfms.run.tracker import RESUME_DEPLOYMENT, RunTracker
 
 
 def _config(tmp_path, rounds=3, lr=1e-4):
@@ -47,6 +47,8 @@ def test_tracker_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path
     tracker.end_round(1, {"w": torch.ones(1)}, {}, rows, 100.0, [])
     with pytest.raises(ResumeError, match="--resume"):
         RunTracker(config, config.output_dir, kind="centralized")
+    with pytest.raises(ResumeError, match="resume=true in flwr run's --run-config"):  # a deployment's words
+        RunTracker(config, config.output_dir, kind="federated", resume_hint=RESUME_DEPLOYMENT)
     with pytest.raises(ResumeError, match="configuration differs"):
         RunTracker(_config(tmp_path, lr=1e-3), config.output_dir, kind="centralized", resume=True)
     resumed = RunTracker(_config(tmp_path, rounds=5), config.output_dir, kind="centralized", resume=True)

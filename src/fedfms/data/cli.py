@@ -49,6 +49,9 @@ def _new_clients(
 def _run(job: Callable[[], object]) -> None:
     """Run a preparation; print its summary, or its problems and exit 1."""
     from fedfms.data.manifest import ManifestError
+    from fedfms.run.log import console_logging
+
+    console_logging()  # e.g. the recovery from a killed preparation (fedfms.data.writer)
     from fedfms.data.validate import DataValidationError
     from fedfms.data.writer import ClientExistsError
 

@@ -17,6 +17,34 @@ from torch.utils.data import Dataset
 
 from fedfms.data.manifest import IMAGES_DIR, MASKS_DIR, ClientManifest, read_manifest
 from fedfms.data.resize import resize_image_tensor, resize_mask_tensor
+from fedfms.errors import FedfmsError
+
+
+class SampleError(FedfmsError, ValueError):
+    """A stored sample array that cannot be read or has the wrong shape; names the file."""
+
+
+def read_array(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The memory-mapped array of ``path`` (only its header is read here); :class:`SampleError`
+    names the file if it is unreadable (corrupt, truncated) or, given ``shape``, of another
+    shape (``-1``: any size on that axis)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as err:
+        raise SampleError(f"{path}: unreadable sample array ({err}); prepare this client again") from None
+    if shape is not None and (len(shape) != array.ndim or any(w not in (-1, h) for w, h in zip(shape, array.shape))):
+        raise SampleError(f"{path}: array of shape {array.shape}, expected {shape}; prepare this client again")
+    return array
+
+
+def read_tensor(path: Path) -> torch.Tensor:
+    """The array of ``path`` as a tensor; :class:`SampleError` names the file if it cannot be
+    read or holds values no tensor takes (text, objects)."""
+    array = read_array(path)
+    try:
+        return torch.from_numpy(np.array(array))
+    except TypeError as err:
+        raise SampleError(f"{path}: sample array of type {array.dtype} ({err}); prepare this client again") from None
 
 
 class ClientDataset(Dataset):
@@ -52,15 +80,14 @@ class ClientDataset(Dataset):
 
     def load_image(self, item: int) -> torch.Tensor:
         """``(3, S, S)`` float32 in [0, 1], resized to ``image_size``."""
-        image = np.load(self.image_path(item), mmap_mode="r")
-        image_t = torch.from_numpy(np.array(image)).float().div_(255.0)
+        image_t = read_tensor(self.image_path(item)).float().div_(255.0)
         image_t = resize_image_tensor(image_t, self.image_size).clamp_(0.0, 1.0)
         return image_t.expand(3, -1, -1).contiguous()  # grey stored once, 3 copies on load
 
     def load_mask(self, item: int) -> torch.Tensor:
         """``(C, M, M)`` float32 in {0, 1}, resized (nearest) to ``mask_size``."""
-        mask = np.load(self.client_dir / MASKS_DIR / f"{self.sample_id(item)}.npy", mmap_mode="r")
-        return resize_mask_tensor(torch.from_numpy(np.array(mask)), self.mask_size).float()
+        mask = read_tensor(self.client_dir / MASKS_DIR / f"{self.sample_id(item)}.npy")
+        return resize_mask_tensor(mask, self.mask_size).float()
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
         return {"image": self.load_image(item), "mask": self.load_mask(item), "id": self.sample_id(item)}

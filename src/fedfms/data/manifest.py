@@ -73,6 +73,15 @@ class ClientManifest(BaseModel):
     samples: list[SampleRecord] = Field(default_factory=list)
     preprocessing: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("samples")
+    @classmethod
+    def _unique_ids(cls, samples: list[SampleRecord]) -> list[SampleRecord]:
+        seen: set[str] = set()
+        twice = sorted({s.id for s in samples if s.id in seen or seen.add(s.id)})
+        if twice:
+            raise ValueError(f"sample ids listed twice: {twice[:5]}")
+        return samples
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -97,7 +106,10 @@ def read_manifest(client_dir: Path) -> ClientManifest:
         raise ManifestError(f"{client_dir}: not a prepared client folder (no {MANIFEST_NAME})")
     try:
         return ClientManifest.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError, json.JSONDecodeError) as err:
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:3])
+        raise ManifestError(f"{path}: corrupt manifest: {problems}") from None
+    except (OSError, json.JSONDecodeError) as err:
         raise ManifestError(f"{path}: corrupt manifest: {err}") from None
 
 

@@ -7,11 +7,23 @@ client and keeps an existing one (replaced only with ``overwrite=True``, after s
 Append: sample files are written first under ids not yet used, then the manifest is replaced
 atomically (``os.replace``); on failure the new sample files are removed and the manifest is
 untouched, so readers never see a sample that is not complete.
+
+A killed preparation cannot clean up after itself; the next one into the same folder does, on
+its own: one preparation at a time writes into a folder of clients (an exclusive lock on the
+folder, released by the kernel when its holder dies), so whatever the lock's new holder finds
+is a leftover: hidden ``.<client>.tmp-*`` / ``.<client>.old-*`` folders are removed (a client
+caught between the two renames of a replacement gets its previous version back), and sample
+files of the client it writes that its manifest does not list (a killed ``--append``) are
+deleted. Each recovery is logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,12 +37,15 @@ from fedfms.data.manifest import (
     MANIFEST_NAME,
     MASKS_DIR,
     ClientManifest,
+    ManifestError,
     SampleRecord,
     read_manifest,
 )
 from fedfms.errors import FedfmsError
-from fedfms.io import atomic_write_text, umask
+from fedfms.io import atomic_write_text, output_folder, umask
 
+logger = logging.getLogger("fedfms")
+_LEFTOVER = re.compile(r"^\.(?P<client>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")  # see _open and _publish
 
 class ClientExistsError(FedfmsError, FileExistsError):
     """The target client folder exists and neither overwrite nor append was asked for."""
@@ -75,12 +90,23 @@ class ClientWriter:
         )
         self._new: list[SampleRecord] = []
         self._dir: Path | None = None
+        self._lock: int | None = None
 
     @property
     def samples_written(self) -> int:
         return len(self._new)
 
     def __enter__(self) -> ClientWriter:
+        self._lock = lock_folder(output_folder(self.out_root))
+        try:
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def _open(self) -> None:
+        recover_client(self.out_root, self.final_dir.name)
         exists = (self.final_dir / MANIFEST_NAME).is_file()
         if self.mode == "append" and exists:
             self._open_for_append()
@@ -89,12 +115,15 @@ class ClientWriter:
         elif self.final_dir.exists() and not exists and any(self.final_dir.iterdir()):
             raise ClientExistsError(f"{self.final_dir}: exists and is not a prepared client folder")
         else:
-            self.out_root.mkdir(parents=True, exist_ok=True)
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-", dir=self.out_root))
             self._dir.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a client folder is an ordinary folder
         (self._dir / IMAGES_DIR).mkdir(exist_ok=True)
         (self._dir / MASKS_DIR).mkdir(exist_ok=True)
-        return self
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def _open_for_append(self) -> None:
         existing = read_manifest(self.final_dir)
@@ -126,13 +155,16 @@ class ClientWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._dir is not None
-        if exc_type is not None:
-            self._discard()
-            return
-        self.manifest = self.manifest.model_copy(update={"samples": [*self.manifest.samples, *self._new]})
-        atomic_write_text(self._dir / MANIFEST_NAME, self.manifest.model_dump_json(indent=1))
-        if self._dir != self.final_dir:
-            self._publish()
+        try:
+            if exc_type is not None:
+                self._discard()
+                return
+            self.manifest = self.manifest.model_copy(update={"samples": [*self.manifest.samples, *self._new]})
+            atomic_write_text(self._dir / MANIFEST_NAME, self.manifest.model_dump_json(indent=1))
+            if self._dir != self.final_dir:
+                self._publish()
+        finally:
+            self._unlock()
 
     def _discard(self) -> None:
         if self._dir == self.final_dir:
@@ -151,3 +183,43 @@ class ClientWriter:
         os.replace(self._dir, self.final_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def lock_folder(folder: Path) -> int:
+    """Hold an exclusive lock on ``folder`` (waiting for another preparation writing into it);
+    returns the descriptor whose closing releases it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        logger.warning("%s: another fedfms prepare is writing into this folder; waiting for it to end", folder)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def recover_client(out_root: Path, client: str) -> list[str]:
+    """Undo what killed preparations left in ``out_root`` (the caller holds the folder's lock,
+    so nobody else is writing it): every client's hidden temporaries, a client caught between
+    the two renames of its replacement, and the sample files of ``client`` that its manifest
+    does not list. Returns what was done, also logged."""
+    done: list[str] = []
+    leftovers = sorted(p for p in out_root.iterdir() if _LEFTOVER.match(p.name))
+    for old in (p for p in leftovers if _LEFTOVER.match(p.name)["kind"] == "old"):
+        final = out_root / _LEFTOVER.match(old.name)["client"]
+        if not final.exists():
+            os.replace(old, final)
+            done.append(f"restored {final} from {old.name} (killed while replacing it)")
+    for leftover in (p for p in leftovers if p.exists()):
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append(f"removed {leftover.name}")
+    final = out_root / client
+    with contextlib.suppress(ManifestError):  # no client yet, or one that stops the preparation later
+        listed = {r.id for r in read_manifest(final).samples}
+        for sub in (IMAGES_DIR, MASKS_DIR):
+            for stray in sorted((final / sub).glob("*.npy")):
+                if stray.stem not in listed:
+                    stray.unlink()
+                    done.append(f"deleted {final.name}/{sub}/{stray.name}, which {MANIFEST_NAME} does not list")
+    for line in done:
+        logger.warning("%s: leftover of a killed preparation: %s", out_root, line)
+    return done

@@ -3,15 +3,18 @@ train on the training clients through the chosen Flower strategy, screen and agg
 updates, evaluate the global model on every client, checkpoint; finally score the best round.
 
 Faults: a node whose reply is an error, is missing at the round's timeout, or carries an update
-with NaN/Inf or the wrong tensors is named in the log and left out of that round; the round
-goes on if at least ``federation.min_train_clients`` (default: all) valid updates came back,
-otherwise the run stops with the last complete round on disk, ready for ``--resume``.
+with NaN/Inf, the wrong tensors or an outsized norm is named in the log and left out of that
+round; the round goes on if at least ``federation.min_train_clients`` (default: half of the
+training clients, rounded up) valid updates came back, otherwise the run stops with the last
+complete round on disk, ready to resume. A site whose SuperNode restarts (a new node id, or the
+same one when its key is registered) takes part again from the next round.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedfms.config import RunConfig
 from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
+from fedfms.federated.exchange import exchange
 from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import (
     UpdateRejected,
@@ -37,7 +41,7 @@ from fedfms.federated.wire import (
 )
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
 from fedfms.nnunet.fingerprint import SiteFingerprint
-from fedfms.run.tracker import RunTracker
+from fedfms.run.tracker import RESUME_CLI, RunTracker
 from fedfms.train.planning import needs_plan, plan_from_fingerprints, with_plan
 from fedfms.train.sites import client_info
 
@@ -58,6 +62,7 @@ class Node:
     num_val: int
     num_samples: int
     class_names: list[str]
+    digest: str = ""  # of its frozen weights
 
     def label(self) -> str:
         return f"client {self.client!r} (node {self.node_id})"
@@ -65,18 +70,6 @@ class Node:
 
 def _config_record(config: RunConfig, **extra: Any) -> ConfigRecord:
     return ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), **extra})
-
-
-def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[tuple[int, Message]]:
-    """Send ``messages`` and pair every reply with the node its message went to.
-
-    A reply's ``src_node_id`` is not enough: when a node is gone, the SuperLink itself answers
-    with an error (source: the SuperLink), so replies are matched through ``reply_to_message_id``.
-    Nodes without a reply before ``timeout`` are absent from the result.
-    """
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-    return [(destination[r.metadata.reply_to_message_id], r) for r in replies]
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -88,22 +81,28 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
-def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
-    """Ask every node who it is; check names, classes and frozen weights agree."""
-    node_ids = _wait_for_nodes(grid, expected, config.federation.connect_timeout_s)
+def _identify(grid: Grid, node_ids: list[int], config: RunConfig, timeout: float) -> tuple[list[Node], dict[int, str]]:
+    """Ask ``node_ids`` who they are: the nodes that answered, and the errors of those whose
+    answer was an error (by node id)."""
     messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in node_ids]
-    nodes, digests, errors = [], {}, []
-    for src, reply in exchange(grid, messages, config.federation.connect_timeout_s):
+    nodes, errors = [], {}
+    for src, reply in exchange(grid, messages, timeout):
         if reply.has_error():
-            errors.append(f"node {src}: {reply.error.reason}")
+            errors[src] = reply.error.reason
             continue
         info = reply.content[P.INFO]
         nodes.append(Node(src, str(info["client"]), int(info["num-train"]), int(info["num-val"]),
-                          int(info["num-samples"]), json.loads(str(info["class-names"]))))
-        digests[str(info["client"])] = str(info[P.FROZEN_DIGEST])
+                          int(info["num-samples"]), json.loads(str(info["class-names"])), str(info[P.FROZEN_DIGEST])))
+    return nodes, errors
+
+
+def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
+    """Ask every node who it is; check names, classes and frozen weights agree."""
+    node_ids = _wait_for_nodes(grid, expected, config.federation.connect_timeout_s)
+    nodes, errors = _identify(grid, node_ids, config, config.federation.connect_timeout_s)
     if errors:
-        raise FederationError("nodes failed to start: " + "; ".join(errors))
+        raise FederationError("nodes failed to start: " + "; ".join(f"node {n}: {e}" for n, e in errors.items()))
     names = [n.client for n in nodes]
     if len(set(names)) != len(names):
         raise FederationError(f"two nodes serve the same client: {sorted(names)}")
@@ -114,10 +113,37 @@ def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
         raise FederationError(f"unseen client {config.data.unseen!r} is not connected (clients: {sorted(names)})")
     if len({tuple(n.class_names) for n in nodes}) > 1:
         raise FederationError("clients disagree on classes: " + ", ".join(f"{n.client}={n.class_names}" for n in nodes))
-    if len(set(digests.values())) > 1:
+    if len({n.digest for n in nodes}) > 1:
         raise FederationError("clients hold different frozen weights (same pretrained checkpoint and seed "
-                              f"needed): {digests}")
+                              f"needed): { {n.client: n.digest for n in nodes} }")
     return sorted(nodes, key=lambda n: n.client)
+
+
+def rejoin(grid: Grid, nodes: list[Node], config: RunConfig, timeout: float, ignored: set[int]) -> list[Node]:
+    """``nodes`` with the node ids of sites that came back: a connected node the run does not
+    know (a restarted SuperNode without a registered key gets a new id) is asked who it is,
+    and takes its site's place if it serves one of the run's clients with the same classes and
+    frozen weights. A node that answers with an error or as another client is named in the log
+    and added to ``ignored``; one that does not answer in time is asked again next round."""
+    known = {n.node_id for n in nodes} | ignored
+    unknown = [n for n in grid.get_node_ids() if n not in known]
+    if not unknown:
+        return nodes
+    by_client = {n.client: n for n in nodes}
+    came_back, errors = _identify(grid, unknown, config, timeout)
+    ignored.update(errors)
+    for node_id, error in errors.items():
+        logger.warning("node %d did not say who it is: %s", node_id, error)
+    for node in came_back:
+        old = by_client.get(node.client)
+        if old is None or (node.class_names, node.digest) != (old.class_names, old.digest):
+            logger.warning("node %d serves client %r, not one of this run's clients with its classes and frozen "
+                           "weights; it is left out", node.node_id, node.client)
+            ignored.add(node.node_id)
+            continue
+        logger.info("%s rejoined as node %d", old.label(), node.node_id)
+        by_client[node.client] = node
+    return sorted(by_client.values(), key=lambda n: n.client)
 
 
 def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) -> list[SiteFingerprint]:
@@ -224,7 +250,7 @@ def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what
 
 def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict[int, Node], arrays: ArrayRecord,
                  shapes: dict[str, tuple[int, ...]], config: RunConfig, round_: int,
-                 min_train: int) -> tuple[list[tuple[Node, Message]], list[dict[str, Any]], list[str]]:
+                 min_train: int, resume_hint: str) -> tuple[list[tuple[Node, Message]], list[dict[str, Any]], list[str]]:
     """Send the global ``arrays`` to the connected training clients through the strategy and
     collect their updates: the valid (node, reply) pairs, one ``train`` log row each, and the
     failures. Fewer than ``min_train`` valid updates stop the run."""
@@ -244,7 +270,8 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
     valid = _screen_norms(valid, arrays, config.federation.max_update_ratio, failed)
     if len(valid) < min_train:
         raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
-                              f"failures: {'; '.join(failed)}. Resume with --resume once the clients are back.")
+                              f"failures: {'; '.join(failed)}. Once the clients are back, {resume_hint} "
+                              "(federation.min_train_clients sets how many are required)")
     rows = [{"kind": "train", "round": round_, "client": node.client,
              "loss": float(r.content[P.METRICS]["train-loss"]),
              "loss_per_epoch": [float(v) for v in r.content[P.METRICS]["train-loss-per-epoch"]],
@@ -254,8 +281,10 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
     return valid, rows, failed
 
 
-def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the federated training described by ``config``; returns ``results.json``."""
+def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False,
+                   resume_hint: str = RESUME_CLI) -> dict[str, Any]:
+    """Run (or resume) the federated training described by ``config``; returns ``results.json``.
+    ``resume_hint`` says how this runtime resumes a run (see :class:`fedfms.run.tracker.RunTracker`)."""
     nodes = meet_nodes(grid, config, expected_nodes)
     trainers = [n for n in nodes if n.client != config.data.unseen]
     if not trainers:
@@ -265,14 +294,13 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
                        "FedAvg has nothing to average", trainers[0].client)
     if needs_plan(config):
         config = with_plan(config, plan_from_fingerprints(config.model, collect_fingerprints(grid, trainers, config)))
-    tracker = RunTracker(config, run_dir, kind="federated", resume=resume)
-    by_id = {n.node_id: n for n in nodes}
+    tracker = RunTracker(config, run_dir, kind="federated", resume=resume, resume_hint=resume_hint)
     logger.info("clients: %s", ", ".join(f"{n.client} ({'unseen' if n not in trainers else f'{n.num_train} train / {n.num_val} val'})"
                                           for n in nodes))
     write_nodes(run_dir, nodes, config)
 
     model = build_model(config.model, seed=config.train.seed)
-    min_train = config.federation.min_train_clients or len(trainers)
+    min_train = config.federation.min_train_clients or math.ceil(len(trainers) / 2)
     strategy = make_strategy(config.federation, min_train_nodes=min(min_train, len(trainers)))
     if tracker.resumed is not None:
         global_state, saved_strategy = tracker.resumed
@@ -283,9 +311,14 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     shapes = record_shapes(arrays)
     timeout = config.federation.round_timeout_s
     traffic: dict[str, int] = {}
+    ignored: set[int] = set()
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
-        valid, rows, failed = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_, min_train)
+        nodes = rejoin(grid, nodes, config, min(timeout or math.inf, config.federation.connect_timeout_s), ignored)
+        trainers = [n for n in nodes if n.client != config.data.unseen]
+        by_id = {n.node_id: n for n in nodes}
+        valid, rows, failed = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_, min_train,
+                                           resume_hint)
         traffic = {"sent": rows[0]["bytes_sent"], "received": max(r["bytes_received"] for r in rows)}
         arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:

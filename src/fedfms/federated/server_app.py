@@ -7,7 +7,8 @@ Run configuration (``[tool.flwr.app.config]`` in pyproject.toml, or ``flwr run -
   ``flwr run``'s local simulation (``--federation-config "num-supernodes=N"``, one virtual
   SuperNode per client folder under ``data.root``) ``data.clients`` may stay unset;
 - ``run-dir``: where logs and checkpoints go (default: the YAML's ``output_dir``);
-- ``resume``: continue the run in ``run-dir`` from its last complete round.
+- ``resume``: ``true`` continues the run in ``run-dir`` from its last complete round (the
+  errors of a ``flwr run`` say so, where ``fedfms train`` says ``--resume``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedfms.config import RunConfig, load_config
 from fedfms.federated.server import FederationError, run_federation
 from fedfms.run.log import console_logging
+from fedfms.run.tracker import RESUME_DEPLOYMENT
 from fedfms.train.sites import ordered_clients
 
 app = ServerApp()
@@ -37,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
         clients = [p.name for p in ordered_clients(config.data)]  # simulation: one node per client folder
         config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
     run_federation(grid, config, run_dir, expected_nodes=len(config.data.clients),
-                   resume=bool(context.run_config.get("resume", False)))
+                   resume=bool(context.run_config.get("resume", False)), resume_hint=RESUME_DEPLOYMENT)
 
 
 def server_app_for(config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool, results: list) -> ServerApp:

@@ -13,7 +13,9 @@ from flwr.simulation import run_simulation
 from fedfms.config import RunConfig
 from fedfms.federated.client_app import app as client_app
 from fedfms.federated.interrupt import stop_cleanly
+from fedfms.federated.reaper import reaped
 from fedfms.federated.server_app import server_app_for
+from fedfms.io import output_folder
 from fedfms.models import build_model
 from fedfms.train.planning import needs_plan
 from fedfms.train.sites import (
@@ -44,6 +46,7 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
     all, so clients train one after another and each uses every core).
     """
+    output_folder(config.output_dir)
     preflight(config)
     clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
@@ -53,14 +56,13 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
                              "num_gpus": config.simulation.gpus_per_client},
         "init_args": {"num_cpus": cores, "include_dashboard": False},
     }
-    config.output_dir.mkdir(parents=True, exist_ok=True)
     save_run_split(config)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     results: list[dict[str, Any]] = []
     server_app = server_app_for(config, config.output_dir, len(clients), resume, results)
     logger.info("%s: starting Flower's simulation runtime, %d virtual SuperNodes (%s); the first round "
                 "line follows round 1", config.name, len(clients), ", ".join(clients))
-    with warnings.catch_warnings(), stop_cleanly(config.output_dir):
+    with warnings.catch_warnings(), reaped(), stop_cleanly(config.output_dir):
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(clients),
                        backend_config=backend)

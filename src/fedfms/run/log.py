@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def console_logging() -> None:
     Called by the CLI and by the ServerApp (whose stderr Flower forwards to ``flwr log``)."""
     fedfms = logging.getLogger("fedfms")
     if not fedfms.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrNow()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
         fedfms.addHandler(handler)
     fedfms.setLevel(logging.INFO)
@@ -50,6 +51,19 @@ def console_logging() -> None:
     flower = logging.getLogger("flwr")
     if not any(isinstance(f, _WarningsOnly) for f in flower.filters):
         flower.addFilter(_WarningsOnly())  # a filter, since Flower resets its level when imported
+
+
+class _StderrNow(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record comes, not as it was when
+    the handler was made (a command run in-process, e.g. by the tests, may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        """Ignored: the stream is always the current ``sys.stderr``."""
 
 
 class _WarningsOnly(logging.Filter):

@@ -4,7 +4,7 @@ own tensors (e.g. FedAdam's moments), the round number and the best round so far
 Layout under ``RUN_DIR/checkpoints/``::
 
     round-0007/  trainable.safetensors  strategy.safetensors  state.json
-    best/        the same files, for the round with the best mean validation Dice
+    best/        the same files, for the best round (see :mod:`fedfms.run.best`)
     LATEST       name of the newest complete round folder
 
 Each folder is written under a temporary name and renamed into place; ``LATEST`` is replaced
@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedfms.errors import FedfmsError
-from fedfms.io import atomic_write_text
+from fedfms.io import atomic_write_text, describe
 
 TRAINABLE = "trainable.safetensors"
 STRATEGY = "strategy.safetensors"
@@ -41,6 +41,7 @@ class RoundState:
     round: int
     best_round: int | None = None
     best_score: float | None = None
+    best_scores: dict[str, float] | None = None  # validation Dice per client of the best round
     config: dict = field(default_factory=dict)
 
 
@@ -48,10 +49,19 @@ class ResumeError(FedfmsError, RuntimeError):
     """The run folder holds no usable checkpoint, or one made with another configuration."""
 
 
+class CheckpointWriteError(FedfmsError, OSError):
+    """A round's checkpoint could not be written (full disk, read-only folder); the previous
+    complete round stays the one a resume starts from."""
+
+
 def _write_folder(target: Path, trainable: dict[str, torch.Tensor], strategy: dict[str, torch.Tensor],
                   state: RoundState) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as err:
+        raise CheckpointWriteError(f"round {state.round}: {describe(err)}; the last complete round on disk is "
+                                   "unchanged") from None
     try:
         save_file({k: v.contiguous() for k, v in trainable.items()}, tmp / TRAINABLE)
         save_file({k: v.contiguous() for k, v in strategy.items()}, tmp / STRATEGY)
@@ -64,6 +74,11 @@ def _write_folder(target: Path, trainable: dict[str, torch.Tensor], strategy: di
             shutil.rmtree(old)
         else:
             tmp.rename(target)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = describe(err) if isinstance(err, OSError) else f"{target}: {err}"
+        raise CheckpointWriteError(f"round {state.round}: {reason}; the last complete round on disk is "
+                                   "unchanged") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,6 +1,6 @@
 """Round bookkeeping shared by federated and centralized training: start or resume, log every
-round, keep the best round (mean validation Dice over the training clients), checkpoint, and
-write ``results.json`` with the final scores of the best round."""
+round, keep the best round (see :mod:`fedfms.run.best`), checkpoint, and write ``results.json``
+with the final scores of the best round."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from fedfms.config import RunConfig, save_config
+from fedfms.io import output_folder
+from fedfms.run.best import RULE, beats, validation_scores
 from fedfms.run.log import RunLog, console_line, read_rows, round_summary, write_json
 from fedfms.run.state import (
     LATEST,
@@ -25,6 +27,8 @@ from fedfms.run.state import (
 
 logger = logging.getLogger("fedfms")
 RESULTS = "results.json"
+RESUME_CLI = "run the same command with --resume"
+RESUME_DEPLOYMENT = "submit it again with resume=true in flwr run's --run-config"
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -35,23 +39,28 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunTracker:
-    """One run's progress on disk. ``first_round`` and ``resumed`` say where training starts."""
+    """One run's progress on disk. ``first_round`` and ``resumed`` say where training starts.
+    ``resume_hint`` says how this runtime continues a run (:data:`RESUME_CLI` for ``fedfms``
+    commands, :data:`RESUME_DEPLOYMENT` for ``flwr run``)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, kind: str, resume: bool = False) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, kind: str, resume: bool = False,
+                 resume_hint: str = RESUME_CLI) -> None:
         self.config = config
-        self.run_dir = run_dir
+        self.resume_hint = resume_hint
+        self.run_dir = output_folder(run_dir)
         self.kind = kind
         self.log = RunLog(run_dir)
         self.started = time.perf_counter()
         self.earlier_seconds = 0.0  # the rounds of earlier sessions of a resumed run
         self.best_round: int | None = None
         self.best_score: float | None = None
+        self.best_scores: dict[str, float] | None = None
         self.first_round = 1
         self.resumed: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         if resume:
             self._resume()
         elif (run_dir / "checkpoints" / LATEST).exists():
-            raise ResumeError(f"{run_dir} already holds a run; pass --resume to continue it, "
+            raise ResumeError(f"{run_dir} already holds a run; to continue it, {resume_hint}; "
                               "or choose another output folder")
         else:
             self.log.truncate_after(0)  # rows of an attempt that died before its first checkpoint
@@ -66,7 +75,7 @@ class RunTracker:
         self.log.truncate_after(state.round)
         self.earlier_seconds = sum(r["seconds"] for r in read_rows(self.run_dir) if r["kind"] == "round")
         self.first_round = state.round + 1
-        self.best_round, self.best_score = state.best_round, state.best_score
+        self.best_round, self.best_score, self.best_scores = state.best_round, state.best_score, state.best_scores
         self.resumed = (trainable, strategy)
         logger.info("resuming %s from round %d", self.run_dir, state.round)
 
@@ -76,17 +85,16 @@ class RunTracker:
         summary = round_summary(round_, self.config.federation.rounds, rows)
         summary.update(seconds=seconds, failed=failed)
         score = summary["mean_val_dice"]
-        evaluated = any(r["kind"] == "eval" for r in rows)
-        no_validation = evaluated and math.isnan(score)
-        is_best = evaluated and (
-            self.best_round is None or no_validation or (not math.isnan(score) and score > (self.best_score or -1.0))
-        )
+        is_best = False
+        if any(r["kind"] == "eval" for r in rows):
+            scores = validation_scores(rows)
+            is_best, summary["best_compared_on"] = beats(scores, None if self.best_round is None else self.best_scores)
         if is_best:
-            self.best_round, self.best_score = round_, None if math.isnan(score) else score
+            self.best_round, self.best_score, self.best_scores = round_, None if math.isnan(score) else score, scores
         self.log.append([*rows, summary])
         logger.info(console_line(summary, [r for r in rows if r["kind"] == "train"]))
         state = RoundState(round=round_, best_round=self.best_round, best_score=self.best_score,
-                           config=self.config.model_dump(mode="json"))
+                           best_scores=self.best_scores, config=self.config.model_dump(mode="json"))
         save_round(self.run_dir, trainable, strategy, state, is_best=is_best)
         return summary
 
@@ -103,6 +111,7 @@ class RunTracker:
             "kind": self.kind,
             "unseen": self.config.data.unseen,
             "best_round": self.best_round,
+            "best_round_rule": RULE,
             "rounds": self.config.federation.rounds,
             "seconds": self.earlier_seconds + time.perf_counter() - self.started,
             "model": self.config.model.model_dump(mode="json"),

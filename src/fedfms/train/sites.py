@@ -20,6 +20,7 @@ from fedfms.data import (
     save_split,
     train_val_split,
 )
+from fedfms.data.dataset import read_array
 from fedfms.data.manifest import IMAGES_DIR, MASKS_DIR
 from fedfms.errors import FedfmsError
 from fedfms.train.device import resolve_device, resolve_precision
@@ -80,6 +81,9 @@ def ordered_clients(data: DataConfig) -> list[Path]:
 def load_site(directory: Path, config: RunConfig) -> Site:
     """Read the manifest and split it 9:1 by case (deterministic by ``data.split_seed``)."""
     manifest = read_manifest(directory)
+    if not manifest.samples:
+        raise SiteError(f"{directory}: client {manifest.client!r} has no samples; prepare it again or leave it out "
+                        "of data.clients")
     if manifest.num_classes != config.model.num_classes:
         raise SiteError(f"{directory}: client {manifest.client!r} has {manifest.num_classes} classes "
                         f"{manifest.class_names}, the model has {config.model.num_classes}")
@@ -88,14 +92,19 @@ def load_site(directory: Path, config: RunConfig) -> Site:
 
 
 def check_site_files(site: Site) -> None:
-    """Every sample of the manifest has its image and mask array (a quick check before a run,
-    so a broken folder is named before any engine starts)."""
+    """Every sample of the manifest has its image and mask array, readable and of the stored
+    sizes (only the arrays' headers are read: a quick check before a run, so a broken folder is
+    named before any engine starts)."""
     missing = [f"{kind}/{record.id}.npy" for record in site.manifest.samples for kind in (IMAGES_DIR, MASKS_DIR)
                if not (site.directory / kind / f"{record.id}.npy").is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise SiteError(f"{site.directory}: {len(missing)} sample file(s) listed in the manifest are missing: {shown}; "
                         "prepare this client again")
+    m = site.manifest
+    for record in m.samples:
+        read_array(site.directory / IMAGES_DIR / f"{record.id}.npy", (-1, m.image_size, m.image_size))
+        read_array(site.directory / MASKS_DIR / f"{record.id}.npy", (m.num_classes, m.mask_size, m.mask_size))
 
 
 def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: ModelConfig | None = None) -> dict[str, Any]:

@@ -1,0 +1,41 @@
+"""A stand-in for Flower's ``Grid``, for the server's side of a round without any runtime."""
+
+from __future__ import annotations
+
+import threading
+
+from flwr.app import Error, Message, RecordDict
+
+
+def _reply(answer: RecordDict | Error, request: Message) -> Message:
+    if isinstance(answer, Error):
+        return Message(error=answer, reply_to=request)
+    return Message(content=answer, reply_to=request)
+
+
+class FakeGrid:
+    """Answers every message of the nodes in ``answers`` at once (with that content, or that
+    error); a pull that would return a reply of a node in ``stalled`` blocks until ``release``
+    is set, as Flower's pull of a half-uploaded reply does until the upload session expires."""
+
+    def __init__(self, online: list[int], answers: dict[int, RecordDict | Error], stalled: tuple[int, ...] = ()) -> None:
+        self.online, self.answers, self.stalled = online, answers, stalled
+        self.release = threading.Event()
+        self.sent: dict[str, Message] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.online)
+
+    def push_messages(self, messages):
+        ids = []
+        for n, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{len(self.sent)}-{n}"
+            self.sent[message.metadata.message_id] = message
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        wanted = [self.sent[i] for i in message_ids]
+        if any(m.metadata.dst_node_id in self.stalled for m in wanted):
+            self.release.wait()
+        return [_reply(self.answers[m.metadata.dst_node_id], m) for m in wanted if m.metadata.dst_node_id in self.answers]

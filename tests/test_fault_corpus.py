@@ -1,0 +1,433 @@
+"""The fault corpus: bad inputs and faults injected at named points, each asserted to end in a
+message naming the file or node, a known exit status, and nothing already written changed.
+
+- bad input: a small file (corrupt, truncated, wrong shape, NaN, unknown labels, duplicate
+  ids, unpaired, empty, wrong-backbone checkpoint) or a bad output path, given to the command
+  line in-process: exit 1, a line naming the file, no traceback;
+- kill: a command SIGKILLed at a named point (``fault_points.py``), then the next command
+  recovers: what the killed one had completed is unchanged, the recovery is named;
+- site: a fault in a site's reply to the server (NaN, huge, wrong tensors, an error, silence):
+  the site is named in the round's failures and left out, the round goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from flwr.app import Error as FlowerError
+from flwr.app import MetricRecord, RecordDict
+
+from fedfms.cli import main
+from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig, save_config
+from fedfms.data import make_synthetic_federation
+from fedfms.federated import protocol as P
+from fedfms.federated.server import Node, _train_round
+from fedfms.federated.strategy import make_strategy
+from fedfms.federated.wire import record_shapes, to_record
+from fedfms.models import build_model, save_checkpoint
+from fedfms.run.log import read_rows
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE / "data"))
+sys.path.insert(0, str(HERE / "federated"))
+from data_helpers import save_nifti, save_png, volume_pair  # noqa: E402
+from fake_grid import FakeGrid  # noqa: E402
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``folder`` (what 'unchanged' compares)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fedfms(capsys, *args: str) -> tuple[int, str]:
+    """Run the command line in this process: (exit status, what it printed on stderr)."""
+    saved = sys.argv
+    sys.argv = ["fedfms", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return code, capsys.readouterr().err
+
+
+def png_source(root: Path, cases: int = 3, size: int = 32) -> Path:
+    """``root/images/c<i>.png`` grey images and ``root/masks/c<i>.png`` binary masks."""
+    rng = np.random.default_rng(0)
+    for i in range(cases):
+        save_png(root / "images" / f"c{i}.png", rng.integers(0, 255, (size, size), dtype=np.uint8))
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:20, 8:20] = 255
+        save_png(root / "masks" / f"c{i}.png", mask)
+    return root
+
+
+PREPARE = ("--image-size", "32", "--mask-size", "8", "--no-progress")
+
+
+@pytest.fixture
+def prepared(tmp_path, capsys) -> Path:
+    """A folder of prepared clients already holding ``site-A`` (what must never change)."""
+    out = tmp_path / "prepared"
+    code, err = fedfms(capsys, "prepare", "images", png_source(tmp_path / "good"), out, "--client", "site-A", *PREPARE)
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    """Three tiny prepared sites (4 samples of 64 px each); cases copy it before damaging it."""
+    root = tmp_path_factory.mktemp("federation")
+    make_synthetic_federation(root, num_clients=3, num_classes=1, image_size=64, mask_size=16,
+                              samples_per_client=(4, 4, 4), seed=0)
+    return root
+
+
+def run_config(root: Path, out: Path, rounds: int = 2, **model) -> RunConfig:
+    return RunConfig(name="corpus", output_dir=out,
+                     model=ModelConfig(**{"backbone": "tiny", "mode": "msa", "num_classes": 1, "image_size": 64, **model}),
+                     data=DataConfig(root=root, unseen="site-C"), train=TrainConfig(batch_size=4, lr=1e-3),
+                     federation=FederationConfig(rounds=rounds))
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BadInput:
+    """``make(tmp_path, prepared, federation)`` builds the bad input and returns the command's
+    arguments and the file or folder the message must name."""
+
+    kind: str
+    make: Callable[[Path, Path, Path], tuple[list, Path | str]]
+
+
+def _prepare_source(damage: Callable[[Path], Path | str], *options: str):
+    def make(tmp: Path, prepared: Path, _: Path):
+        src = png_source(tmp / "src")
+        named = damage(src)
+        return ["prepare", "images", src, prepared, "--client", "site-B", *PREPARE, *options], named
+    return make
+
+
+def _corrupt_png(src: Path) -> Path:
+    (src / "images" / "c1.png").write_bytes(b"this is not a PNG")
+    return src / "images" / "c1.png"
+
+
+def _truncated_png(src: Path) -> Path:
+    path = src / "masks" / "c1.png"
+    path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+def _wrong_shape_mask(src: Path) -> Path:
+    save_png(src / "masks" / "c1.png", np.zeros((16, 16), np.uint8))
+    return src / "masks" / "c1.png"
+
+
+def _unknown_label(src: Path) -> Path:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[2:5, 2:5] = 7
+    save_png(src / "masks" / "c1.png", mask)
+    return src / "masks" / "c1.png"
+
+
+def _duplicate_id(src: Path) -> Path:
+    (src / "images" / "c1.tif").write_bytes((src / "images" / "c1.png").read_bytes())
+    return src / "images" / "c1.tif"
+
+
+def _unpaired(src: Path) -> Path:
+    (src / "masks" / "c2.png").unlink()
+    return src / "images" / "c2.png"
+
+
+def _empty(src: Path) -> Path:
+    for path in [*(src / "images").iterdir(), *(src / "masks").iterdir()]:
+        path.unlink()
+    return src
+
+
+def _nan_volume(tmp: Path, prepared: Path, _: Path):
+    image, _labels = volume_pair(tmp / "nifti", "case1")
+    data = nib.load(image).get_fdata().astype(np.float32)
+    data[3, 3, 2] = np.nan
+    save_nifti(image, data)
+    return ["prepare", "nifti", tmp / "nifti", prepared, "--client", "site-B", *PREPARE], image
+
+
+def _train(damage: Callable[[Path, Path], tuple[dict, Path | str]]):
+    """A run on a damaged copy of the federation (``damage(root, tmp)`` returns model settings
+    and what the message must name); it must fail in the preflight, before Flower starts."""
+    def make(tmp: Path, _: Path, federation: Path):
+        root = copy_tree(federation, tmp / "federation")
+        model, named = damage(root, tmp)
+        config = tmp / "run.yaml"
+        save_config(run_config(root, tmp / "run", **model), config)
+        return ["train", "--config", config], named
+    return make
+
+
+def _sample(root: Path, kind: str = "images") -> Path:
+    return sorted((root / "site-B" / kind).iterdir())[1]
+
+
+def _corrupt_array(root: Path, tmp: Path):
+    _sample(root).write_bytes(b"garbage, not an array")
+    return {}, _sample(root)
+
+
+def _truncated_array(root: Path, tmp: Path):
+    path = _sample(root, "masks")
+    path.write_bytes(path.read_bytes()[:100])
+    return {}, path
+
+
+def _wrong_shape_array(root: Path, tmp: Path):
+    np.save(_sample(root), np.zeros((1, 16, 16), np.uint8))
+    return {}, _sample(root)
+
+
+def _empty_client(root: Path, tmp: Path):
+    manifest = root / "site-B" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "samples": []}))
+    return {}, root / "site-B"
+
+
+def _duplicate_manifest_ids(root: Path, tmp: Path):
+    manifest = root / "site-B" / "manifest.json"
+    content = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**content, "samples": content["samples"] + content["samples"][:1]}))
+    return {}, manifest
+
+
+def _missing_array(root: Path, tmp: Path):
+    path = _sample(root, "masks")
+    path.unlink()
+    return {}, f"masks/{path.name}"
+
+
+def _wrong_backbone_checkpoint(root: Path, tmp: Path):
+    other = ModelConfig(backbone="tiny", mode="msa", num_classes=2, image_size=64)
+    save_checkpoint(tmp / "other-model", build_model(other), other, {})
+    return {"checkpoint": tmp / "other-model"}, tmp / "other-model"
+
+
+def _class_mismatch(root: Path, tmp: Path):
+    return {"num_classes": 2}, root / "site-A"
+
+
+def _output_is_a_file(tmp: Path, _: Path, federation: Path):
+    (tmp / "taken").write_text("a file where the run folder should go")
+    config = tmp / "run.yaml"
+    save_config(run_config(federation, tmp / "taken" / "run"), config)
+    return ["train", "--config", config], tmp / "taken"
+
+
+BAD_INPUTS = {
+    "corrupt source image": BadInput("prepare", _prepare_source(_corrupt_png)),
+    "truncated source mask": BadInput("prepare", _prepare_source(_truncated_png)),
+    "wrong-shape source mask": BadInput("prepare", _prepare_source(_wrong_shape_mask)),
+    "unknown label value": BadInput("prepare", _prepare_source(_unknown_label, "--encoding", "levels",
+                                                               "--levels", "0=,255=disc", "--classes", "disc")),
+    "duplicate sample ids": BadInput("prepare", _prepare_source(_duplicate_id)),
+    "unpaired image": BadInput("prepare", _prepare_source(_unpaired)),
+    "empty source": BadInput("prepare", _prepare_source(_empty)),
+    "NaN in a volume": BadInput("prepare", _nan_volume),
+    "corrupt sample array": BadInput("train", _train(_corrupt_array)),
+    "truncated sample array": BadInput("train", _train(_truncated_array)),
+    "wrong-shape sample array": BadInput("train", _train(_wrong_shape_array)),
+    "missing sample array": BadInput("train", _train(_missing_array)),
+    "empty client": BadInput("train", _train(_empty_client)),
+    "duplicate ids in a manifest": BadInput("train", _train(_duplicate_manifest_ids)),
+    "classes differ from the model": BadInput("train", _train(_class_mismatch)),
+    "wrong-backbone checkpoint": BadInput("train", _train(_wrong_backbone_checkpoint)),
+    "output path is a file": BadInput("train", _output_is_a_file),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.replace(" ", "-"))
+def test_bad_input_is_one_line_naming_the_file_and_changes_nothing(case, tmp_path, prepared, federation, capsys):
+    args, named = BAD_INPUTS[case].make(tmp_path, prepared, federation)
+    before = snapshot(prepared)
+    code, err = fedfms(capsys, *args)
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 4, err
+    assert [line for line in err.splitlines() if str(named) in line], f"no line names {named}:\n{err}"
+    assert snapshot(prepared) == before
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    print(f"CORPUS | bad input | {case} | {[line for line in err.splitlines() if str(named) in line][-1].strip()} | {code}")
+
+
+# --- write failures ----------------------------------------------------------------------------
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_round(tmp_path, federation, capsys, monkeypatch):
+    """Round 2's checkpoint hits a full disk: one line naming the file, round 1 untouched."""
+    import fedfms.run.state as state
+
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run"), config)
+    real = state.save_file
+    calls = []
+
+    def save_file(tensors, path):
+        calls.append(path)
+        if len(calls) == 5:  # round 1 wrote its folder and best/ (2 files each)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(tensors, path)
+
+    monkeypatch.setattr(state, "save_file", save_file)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized")
+    line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert code == 1 and "round 2" in line and "the disk is full" in line and str(calls[-1]) in line, err
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "round-0001"
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")] == []
+    print(f"CORPUS | write | disk full at round 2's checkpoint | {line} | {code}")
+
+
+@pytest.mark.parametrize("number", [errno.EROFS, errno.EACCES], ids=["read-only", "no-permission"])
+def test_an_unwritable_output_folder_is_refused_before_work_starts(number, tmp_path, federation, capsys, monkeypatch):
+    """A read-only or forbidden run folder (injected: the tests may run as root, whom
+    permissions do not stop) fails in the output check, before any work."""
+    import tempfile
+
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run"), config)
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == tmp_path / "run":
+            raise OSError(number, os.strerror(number), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    code, err = fedfms(capsys, "train", "--config", config)
+    assert code == 1 and err.startswith(f"error: cannot write the output folder: {tmp_path / 'run'}: "), err
+    assert len(err.strip().splitlines()) == 1
+    print(f"CORPUS | write | {errno.errorcode[number]} output folder | {err.strip()} | {code}")
+
+
+# --- kills at named points ---------------------------------------------------------------------
+
+def killed(point: str, *args) -> subprocess.CompletedProcess:
+    """Run ``fedfms args`` in a new process that SIGKILLs itself at ``point``."""
+    done = subprocess.run([sys.executable, str(HERE / "fault_points.py"), point, *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, f"{point} was never reached ({done.returncode}):\n{done.stderr[-2000:]}"
+    return done
+
+
+def test_kill_during_prepare_leaves_nothing_the_next_prepare_does_not_clean(tmp_path, prepared, capsys, caplog):
+    before = snapshot(prepared)
+    killed("prepare-second-sample", "prepare", "images", png_source(tmp_path / "src"), prepared,
+           "--client", "site-B", *PREPARE)
+    leftovers = [p.name for p in prepared.iterdir() if p.name.startswith(".site-B.tmp-")]
+    assert leftovers and snapshot(prepared / "site-A") == {k[7:]: v for k, v in before.items()}
+    code, err = fedfms(capsys, "prepare", "images", tmp_path / "src", prepared, "--client", "site-B", *PREPARE)
+    assert code == 0, err
+    assert sorted(p.name for p in prepared.iterdir()) == ["site-A", "site-B"]
+    line = next(line for line in caplog.messages if leftovers[0] in line)
+    print(f"CORPUS | kill | prepare, at the second sample | {line.strip()} | -9, then 0")
+
+
+def test_kill_during_prepare_append_leaves_no_stray_sample(tmp_path, prepared, capsys, caplog):
+    manifest = json.loads((prepared / "site-A" / "manifest.json").read_text())
+    more = png_source(tmp_path / "more", cases=3)
+    for path in [*(more / "images").iterdir(), *(more / "masks").iterdir()]:
+        path.rename(path.with_name("extra-" + path.name))
+    killed("prepare-second-sample", "prepare", "images", more, prepared, "--client", "site-A", "--append", *PREPARE)
+    strays = sorted(p.name for p in (prepared / "site-A" / "images").iterdir())
+    assert len(strays) == len(manifest["samples"]) + 1  # the first new sample, not in the manifest
+    assert json.loads((prepared / "site-A" / "manifest.json").read_text()) == manifest
+    code, err = fedfms(capsys, "prepare", "images", more, prepared, "--client", "site-A", "--append", *PREPARE)
+    assert code == 0, err
+    ids = [s["id"] for s in json.loads((prepared / "site-A" / "manifest.json").read_text())["samples"]]
+    assert len(ids) == len(manifest["samples"]) + 3
+    assert sorted(p.stem for p in (prepared / "site-A" / "images").iterdir()) == sorted(ids)
+    line = next(line for line in caplog.messages if "does not list" in line)
+    print(f"CORPUS | kill | prepare --append, at the second sample | {line.strip()} | -9, then 0")
+
+
+def test_kill_between_the_renames_of_a_replaced_client_restores_it(tmp_path, prepared, capsys, caplog):
+    before = snapshot(prepared / "site-A")
+    killed("prepare-between-replace-renames", "prepare", "images", png_source(tmp_path / "src", cases=2),
+           prepared, "--client", "site-A", "--overwrite", *PREPARE)
+    assert not (prepared / "site-A").exists(), "the kill did not land between the two renames"
+    code, err = fedfms(capsys, "prepare", "images", tmp_path / "src", prepared, "--client", "site-B", *PREPARE)
+    assert code == 0, err
+    assert snapshot(prepared / "site-A") == before
+    line = next(line for line in caplog.messages if "restored" in line)
+    print(f"CORPUS | kill | prepare --overwrite, between its two renames | {line.strip()} | -9, then 0")
+
+
+@pytest.mark.parametrize("point", ["train-round-2", "checkpoint-round-2", "best-swap"])
+def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_path, federation, capsys, caplog):
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run", rounds=3), config)
+    killed(point, "train", "--config", config, "--centralized")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = (checkpoints / "LATEST").read_text()
+    kept = snapshot(checkpoints / last)
+    assert snapshot(checkpoints / last) == kept
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized")  # forgetting --resume
+    assert code == 1 and "--resume" in err and str(tmp_path / "run") in err, err
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized", "--resume")
+    assert code == 0, err
+    assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]
+    line = next(line for line in caplog.messages if "resuming" in line)
+    print(f"CORPUS | kill | {point} | {line.strip()} | -9, then 0")
+
+
+# --- faulty sites ------------------------------------------------------------------------------
+
+def _update(state: dict[str, torch.Tensor]) -> RecordDict:
+    return RecordDict({P.ARRAYS: to_record(state), P.METRICS: MetricRecord(
+        {P.NUM_EXAMPLES: 4, "train-loss": 0.5, "train-loss-per-epoch": [0.5], "train-seconds": 0.1})})
+
+
+SITE_FAULTS = {
+    "NaN update": (lambda w: _update({"w": torch.full_like(w, float("nan"))}), "NaN or Inf"),
+    "huge update": (lambda w: _update({"w": torch.full_like(w, 3e37)}), "max_update_ratio"),
+    "wrong tensors": (lambda w: _update({"v": w}), "missing ['w']"),
+    "error reply": (lambda w: FlowerError(code=0, reason="site-D: ValueError while handling train"), "ValueError"),
+    "no reply": (None, "no reply before the timeout"),
+}
+
+
+@pytest.mark.parametrize("case", SITE_FAULTS, ids=lambda c: c.replace(" ", "-"))
+def test_a_faulty_site_is_named_and_left_out_of_the_round(case, task_identity):
+    make, reason = SITE_FAULTS[case]
+    arrays = to_record({"w": torch.zeros(4)})
+    nodes = [Node(i + 1, name, 4, 1, 5, ["x"]) for i, name in enumerate(["site-A", "site-B", "site-C", "site-D"])]
+    answers = {n.node_id: _update({"w": torch.full((4,), 0.1 * n.node_id)}) for n in nodes[:3]}
+    if make is not None:
+        answers[4] = make(torch.zeros(4))
+    grid = FakeGrid([n.node_id for n in nodes], answers)
+    config = RunConfig(data=DataConfig(clients=[n.client for n in nodes]), federation=FederationConfig(round_timeout_s=1))
+    strategy = make_strategy(config.federation, min_train_nodes=2)
+    valid, rows, failed = _train_round(grid, strategy, nodes, {n.node_id: n for n in nodes}, arrays,
+                                       record_shapes(arrays), config, 1, 2, "run the same command with --resume")
+    assert sorted(n.client for n, _ in valid) == ["site-A", "site-B", "site-C"]
+    assert len(failed) == 1 and failed[0].startswith("site-D (train)") and reason in failed[0], failed
+    print(f"CORPUS | site | {case} | {failed[0]} | round goes on")
