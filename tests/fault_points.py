@@ -30,7 +30,7 @@ POINTS: dict[str, tuple[str, str, Callable[[int, tuple], bool]]] = {
     # (1st os.replace: the manifest; 2nd: client -> .old; 3rd: temporary -> client)
     "prepare-between-replace-renames": ("os", "replace", _nth(3)),
     # training: inside round 2, before its epoch
-    "train-round-2": ("fedfms.train.centralized", "train_epoch", _nth(2)),
+    "train-round-2": ("fedfms.train.rounds", "train_epoch", _nth(2)),
     # checkpoint of round 2: its first tensor file (round 1 wrote 4: its folder and best/)
     "checkpoint-round-2": ("fedfms.run.state", "save_file", _nth(5)),
     # best swap: best/ renamed to .best-old, the new best not yet renamed into place

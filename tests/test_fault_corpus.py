@@ -395,7 +395,7 @@ def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_pa
     code, err = fedfms(capsys, "train", "--config", config, "--centralized", "--resume")
     assert code == 0, err
     assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]
-    line = next(line for line in caplog.messages if "resuming" in line)
+    line = next(line for line in [*err.splitlines(), *caplog.messages] if "resuming" in line)  # console or log
     print(f"CORPUS | kill | {point} | {line.strip()} | -9, then 0")
 
 
