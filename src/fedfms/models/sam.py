@@ -154,6 +154,10 @@ class SamSegmenter(PromptFreeSegmenter):
             gaussian.normal_()
             self.sam.prompt_encoder.shared_embedding.positional_embedding.copy_(gaussian)
 
+    def prompt_parts_used(self) -> tuple[str, ...]:
+        """``none``: the learned no-mask embedding; ``bare``: nothing of the prompt encoder."""
+        return ("no_mask_embed",) if self.prompt == "none" else ()
+
     def attention_blocks(self) -> list[tuple[nn.Module, int]]:
         """Every ViT layer of the image encoder, with its width."""
         return [(layer, layer.layer_norm1.normalized_shape[0]) for layer in self.sam.vision_encoder.layers]

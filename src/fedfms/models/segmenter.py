@@ -60,6 +60,23 @@ class PromptFreeSegmenter(nn.Module):
     def prompt_encoder(self) -> nn.Module:
         return self._part(2)
 
+    def prompt_parts_used(self) -> tuple[str, ...]:
+        """Qualified names (inside the prompt encoder) of the modules the fixed prompt uses."""
+        raise NotImplementedError
+
+    def idle_parameter_names(self) -> set[str]:
+        """Names of the parameters the prompt-free forward never uses, so never receive a
+        gradient: the mask decoder's IoU head (its score is not trained) and the prompt
+        encoder's modules outside :meth:`prompt_parts_used`. They still travel and count as
+        learnable (the paper counts them); the optimizer leaves them out."""
+        used = self.prompt_parts_used()
+        parts = {"mask_decoder.iou_prediction_head": self.mask_decoder.iou_prediction_head} | {
+            f"prompt_encoder.{name}": module for name, module in self.prompt_encoder.named_modules()
+            if name and not any(name == u or name.startswith(f"{u}.") or u.startswith(f"{name}.") for u in used)
+        }
+        idle = {id(p) for part in parts.values() for p in part.parameters()}
+        return {name for name, p in self.named_parameters() if id(p) in idle}
+
     def attention_blocks(self) -> list[tuple[nn.Module, int]]:
         """The image encoder's attention blocks (each with ``attn.qkv`` and ``mlp``) and their
         widths: where MSA adapters and LoRA go."""

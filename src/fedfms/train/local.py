@@ -13,11 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fedfms.config import EvaluationConfig, TrainConfig
-from fedfms.models.memory import set_gradient_checkpointing
 from fedfms.train.device import autocast, resolve_precision
-from fedfms.train.losses import proximal_term, segmentation_loss
 from fedfms.train.metrics import ScoreAccumulator
-from fedfms.train.optimizer import local_optimizer
+from fedfms.train.step import TrainStep, predict_batch
 
 
 @dataclass(frozen=True)
@@ -37,14 +35,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
                       num_workers=num_workers, drop_last=False)
 
 
-def predict_batch(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """``(B, C, M, M)`` logits of a batch of images (``image``, ``(B, 3, S, S)``) or, in
-    ``decoder`` mode, of cached image embeddings (``embedding``, ``(B, 256, h, w)``)."""
-    if "embedding" in batch:
-        return model.classify(batch["embedding"].to(device, non_blocking=True))
-    return model(batch["image"].to(device, non_blocking=True))
-
-
 def train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -55,46 +45,25 @@ def train_epoch(
     desc: str = "train",
     optimizer: torch.optim.Optimizer | None = None,
 ) -> EpochResult:
-    """Train ``model`` in place for one pass over ``loader`` (or ``cfg.max_steps_per_epoch``).
+    """Train ``model`` in place for one pass over ``loader`` (or ``cfg.max_steps_per_epoch``),
+    one :class:`~fedfms.train.step.TrainStep` per batch.
 
     ``optimizer``: the round's optimizer (see :mod:`fedfms.train.optimizer`; the caller keeps it
     across the epochs of a round and, with ``optimizer_state: keep``, across rounds); ``None``
-    makes a fresh Adam over the parameters that require grad. With ``proximal_mu`` > 0 FedProx's term
-    ``mu/2 * ||w - w_start||^2`` is added. Batches: ``image`` (B, 3, S, S) or ``embedding``
-    (B, 256, h, w), and ``mask`` (B, C, M, M).
+    makes a fresh one. With ``proximal_mu`` > 0 FedProx's term ``mu/2 * ||w - w_start||^2`` is
+    added. Batches: ``image`` (B, 3, S, S) or ``embedding`` (B, 256, h, w), and ``mask`` (B, C, M, M).
     """
     if len(loader.dataset) == 0:
         raise ValueError(f"{desc}: no training samples")
-    if optimizer is None:
-        optimizer = local_optimizer(model, cfg, device)
-    model.to(device).train()
-    if cfg.gradient_checkpointing:
-        set_gradient_checkpointing(model, True)
-    loss_fn = segmentation_loss(cfg.loss, num_classes, cfg.pos_weight).to(device)
-    dtype = resolve_precision(cfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    reference = (
-        {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if proximal_mu > 0 else None
-    )
+    step = TrainStep(model, cfg, num_classes, device, optimizer, proximal_mu, desc)
     total_steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     loss_sum, samples, steps = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=desc, unit="batch", leave=False, mininterval=2.0, disable=None)
     for batch in loader:
-        masks = batch["mask"].to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = predict_batch(model, batch, device)
-        loss = loss_fn(logits.float(), masks)
-        if reference is not None:
-            loss = loss + proximal_mu / 2 * proximal_term(model, reference)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {steps}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.item() * masks.shape[0]
-        samples += masks.shape[0]
+        loss = step(batch)
+        loss_sum += loss.item() * batch["mask"].shape[0]
+        samples += batch["mask"].shape[0]
         steps += 1
         bar.set_postfix(loss=f"{loss_sum / samples:.4f}", img_s=f"{samples / (time.perf_counter() - start):.1f}")
         bar.update()

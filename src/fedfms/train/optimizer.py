@@ -18,18 +18,35 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from fedfms.config import RunConfig, TrainConfig
 from fedfms.io import atomic_write
+from fedfms.models.segmenter import PromptFreeSegmenter
 
 logger = logging.getLogger("fedfms")
 
 
+def trained_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``model`` that require grad and receive one: for a prompt-free SAM
+    segmenter, without its idle ones (see
+    :meth:`~fedfms.models.segmenter.PromptFreeSegmenter.idle_parameter_names`)."""
+    idle = model.idle_parameter_names() if isinstance(model, PromptFreeSegmenter) else set()
+    return {name: p for name, p in model.named_parameters() if p.requires_grad and name not in idle}
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether torch has a fused Adam kernel for ``device`` (CPU and CUDA have)."""
+    return device.type in _get_fused_kernels_supported_devices()
+
+
 def local_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam over the parameters of ``model`` that require grad, after moving it to ``device``
-    (so that a loaded state lands beside its parameters)."""
+    """Adam over :func:`trained_parameters` of ``model``, after moving it to ``device`` (so that a
+    loaded state lands beside its parameters); the fused kernel (one pass over each tensor
+    instead of one per arithmetic step) where the device has one."""
     model.to(device)
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.Adam(list(trained_parameters(model).values()), lr=cfg.lr, betas=cfg.betas,
+                            fused=fused_adam_supported(device) or None)
 
 
 def default_state_root() -> Path:
