@@ -426,8 +426,9 @@ def test_a_faulty_site_is_named_and_left_out_of_the_round(case, task_identity):
     grid = FakeGrid([n.node_id for n in nodes], answers)
     config = RunConfig(data=DataConfig(clients=[n.client for n in nodes]), federation=FederationConfig(round_timeout_s=1))
     strategy = make_strategy(config.federation, min_train_nodes=2)
-    valid, rows, failed = _train_round(grid, strategy, nodes, {n.node_id: n for n in nodes}, arrays,
-                                       record_shapes(arrays), config, 1, 2, "run the same command with --resume")
+    valid, rows, failed, silent = _train_round(grid, strategy, nodes, {n.node_id: n for n in nodes}, arrays,
+                                               record_shapes(arrays), config, 1, 2, "run the same command with --resume")
     assert sorted(n.client for n, _ in valid) == ["site-A", "site-B", "site-C"]
+    assert silent == ({4} if case == "no reply" else set())  # not asked to evaluate in this round
     assert len(failed) == 1 and failed[0].startswith("site-D (train)") and reason in failed[0], failed
     print(f"CORPUS | site | {case} | {failed[0]} | round goes on")

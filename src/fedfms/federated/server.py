@@ -250,10 +250,12 @@ def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what
 
 def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict[int, Node], arrays: ArrayRecord,
                  shapes: dict[str, tuple[int, ...]], config: RunConfig, round_: int,
-                 min_train: int, resume_hint: str) -> tuple[list[tuple[Node, Message]], list[dict[str, Any]], list[str]]:
+                 min_train: int, resume_hint: str
+                 ) -> tuple[list[tuple[Node, Message]], list[dict[str, Any]], list[str], set[int]]:
     """Send the global ``arrays`` to the connected training clients through the strategy and
-    collect their updates: the valid (node, reply) pairs, one ``train`` log row each, and the
-    failures. Fewer than ``min_train`` valid updates stop the run."""
+    collect their updates: the valid (node, reply) pairs, one ``train`` log row each, the
+    failures, and the ids of the nodes that did not answer before the timeout. Fewer than
+    ``min_train`` valid updates stop the run."""
     messages = list(strategy.configure_train(round_, arrays, _config_record(config),
                                              NodeSubset(grid, [n.node_id for n in trainers])))
     sampled = [by_id[m.metadata.dst_node_id] for m in messages]
@@ -263,7 +265,8 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
     replies = exchange(grid, messages, config.federation.round_timeout_s)
     valid, rejected = _screen(replies, by_id, shapes)
     failed += rejected
-    _name_missing(sampled, {node_id for node_id, _ in replies}, failed, "train")
+    answered = {node_id for node_id, _ in replies}
+    _name_missing(sampled, answered, failed, "train")
     received = {node.node_id: reply.content[P.ARRAYS].count_bytes() for node, reply in valid}  # as it travelled
     for _, reply in valid:
         reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
@@ -278,7 +281,7 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
              "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
              "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": arrays.count_bytes(),
              "bytes_received": received[node.node_id]} for node, r in valid]
-    return valid, rows, failed
+    return valid, rows, failed, {node.node_id for node in sampled} - answered
 
 
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False,
@@ -317,12 +320,15 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
         nodes = rejoin(grid, nodes, config, min(timeout or math.inf, config.federation.connect_timeout_s), ignored)
         trainers = [n for n in nodes if n.client != config.data.unseen]
         by_id = {n.node_id: n for n in nodes}
-        valid, rows, failed = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_, min_train,
-                                           resume_hint)
+        valid, rows, failed, silent = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_,
+                                                   min_train, resume_hint)
         traffic = {"sent": rows[0]["bytes_sent"], "received": max(r["bytes_received"] for r in rows)}
         arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
-            eval_rows, eval_failed = _evaluate(grid, nodes, arrays, config, round_, timeout)
+            for node in (n for n in nodes if n.node_id in silent):  # gone: asking again would wait once more
+                _failure(failed, node, "evaluate", "skipped: no reply to this round's train message")
+            eval_rows, eval_failed = _evaluate(grid, [n for n in nodes if n.node_id not in silent], arrays, config,
+                                               round_, timeout)
             rows += eval_rows
             failed += eval_failed
         tracker.end_round(round_, from_record(arrays), strategy_tensors(strategy), rows,
