@@ -288,6 +288,14 @@ class RunConfig(_Strict):
             raise ValueError(f"data.unseen {self.data.unseen!r} is not one of data.clients {clients}")
         return self
 
+    @model_validator(mode="after")
+    def _nnunet_recipe_has_no_proximal_term(self) -> RunConfig:
+        nnunet_recipe = self.model.arch == "nnunet" and self.model.nnunet.recipe == "nnunet"
+        if nnunet_recipe and self.federation.strategy == "fedprox":
+            raise ValueError("FedProx's proximal term is not part of nnU-Net's recipe: use another "
+                             "federation.strategy, or model.nnunet.recipe: paper")
+        return self
+
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"federation.rounds": 2}``."""
         tree = self.model_dump(mode="json")

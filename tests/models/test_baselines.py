@@ -65,3 +65,13 @@ def test_an_nnunet_of_the_former_planning_restatement_is_refused_with_how_to_ret
 def test_unknown_arch_is_refused() -> None:
     with pytest.raises(ValueError, match="baseline"):
         build_baseline(ModelConfig(arch="sam"))
+
+
+def test_fedprox_is_refused_with_nnunets_recipe() -> None:
+    from fedfms.config import DataConfig, FederationConfig, RunConfig
+
+    nnunet = ModelConfig(arch="nnunet", num_classes=1, image_size=64)
+    with pytest.raises(ValueError, match="not part of nnU-Net's recipe"):
+        RunConfig(data=DataConfig(), model=nnunet, federation=FederationConfig(strategy="fedprox"))
+    paper = nnunet.model_copy(update={"nnunet": nnunet.nnunet.model_copy(update={"recipe": "paper"})})
+    assert RunConfig(data=DataConfig(), model=paper, federation=FederationConfig(strategy="fedprox")).model.nnunet.recipe == "paper"

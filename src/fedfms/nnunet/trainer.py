@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +86,9 @@ def train_round(network: torch.nn.Module, plans: dict[str, Any], dataset: dict[s
             for loader in (batches, validation):
                 if isinstance(loader, NonDetMultiThreadedAugmenter):
                     loader._finish()
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"nnU-Net's loss became non-finite at schedule epoch {epoch}: {losses}")
     network.load_state_dict(trainer.network.state_dict())
-    if not all(map(torch.isfinite, map(torch.tensor, losses))):
-        raise FloatingPointError(f"nnU-Net loss became non-finite in round epoch {epoch}: {losses}")
     return RoundResult(loss=sum(losses) / len(losses), samples=iterations * trainer.batch_size, steps=iterations,
                        seconds=time.perf_counter() - start, supervised_outputs=_supervised_outputs(trainer.loss),
                        augmentation=_transform_names(batches))
