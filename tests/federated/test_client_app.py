@@ -1,4 +1,5 @@
-"""The real ClientApp answering real Flower messages, as a SuperNode would call it."""
+"""The real ClientApp answering real Flower messages, as a SuperNode would call it, with the
+handlers in this process (``site-worker=false``; the warm worker is tested in test_worker.py)."""
 
 import pytest
 import torch
@@ -6,7 +7,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
-from fedfms.federated.client_app import SiteFailure, app
+from fedfms.federated.client_app import app
+from fedfms.federated.packing import unpack_arrays
+from fedfms.federated.protocol import SiteFailure
 from fedfms.federated.wire import from_record, to_record
 from fedfms.models import build_model, trainable_state
 from fedfms.train import rounds
@@ -19,8 +22,11 @@ def _send(kind: str, config, data_dir, arrays: ArrayRecord | None = None, round_
     content = RecordDict({P.CONFIG: ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), "server-round": round_})})
     if arrays is not None:
         content[P.ARRAYS] = arrays
-    context = Context(run_id=1, node_id=5, node_config={"data-dir": str(data_dir), **node}, state=RecordDict(), run_config={})
-    return app(Message(content, dst_node_id=5, message_type=kind), context)
+    node_config = {"data-dir": str(data_dir), "site-worker": False, **node}
+    context = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
+    reply = app(Message(content, dst_node_id=5, message_type=kind), context)
+    unpack_arrays(reply.content)  # as the server's exchange does
+    return reply
 
 
 def test_train_reply_carries_only_the_trainable_tensors_and_counts(federation, tmp_path, run_config):

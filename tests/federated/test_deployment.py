@@ -5,6 +5,7 @@ submitted with ``flwr run`` on this repository. A node that trusts no CA and a n
 is not registered are both refused. After round 1 one training site's SuperNode is killed:
 round 2 ends within its timeouts without it, the run goes on with the other site (the default
 ``min_train_clients``), and the same site restarted with its key trains again in the last round.
+Each SuperNode answers all its messages through one warm site worker, which ends with it.
 
 Every process gets free ports chosen here, its own FLWR_HOME under ``tmp_path`` and a log file
 (``tmp_path/logs``); all of them, and whatever they started, are stopped when the test ends,
@@ -13,10 +14,13 @@ passed or failed. Select with ``-m deployment``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from deployment import REPO, Deployment, free_port, https_get, make_certificates, make_node_key, plain_http_answers
 
@@ -131,7 +135,7 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
             alive = tuple(s for s in SITES if s != DYING)
             deployment.wait_until(lambda: 2 in _round_rows(run_dir) or _serverapp_ended(deployment), RUN_TIMEOUT_S,
                                   "round 2 without the dead site", alive=("superlink", *alive), interval=0.5)
-            site_node(DYING, name=f"{DYING}-restarted")  # the same key: the same node id
+            restarted = site_node(DYING, name=f"{DYING}-restarted")  # the same key: the same node id
 
             results_path = run_dir / "results.json"
             deployment.wait_until(lambda: results_path.exists() or _serverapp_ended(deployment), RUN_TIMEOUT_S,
@@ -157,6 +161,15 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
             assert all(r["role"] == "unseen" and r["split"] == "test" and r["images"] == 8 for r in unseen)
             assert all("best_compared_on" in r for r in rounds.values())
 
+            # every site answered through one warm worker; the restarted site through a new one
+            workers = {site: [int(pid) for pid in re.findall(r"site worker pid (\d+): message \d+ \(",
+                                                              p.log.read_text(errors="replace"))]
+                       for site, p in [*nodes.items(), (f"{DYING}-restarted", restarted)]}
+            # site-A: the query, a train and an evaluate message per round, the best round's evaluation
+            assert len(set(workers["site-A"])) == 1 and len(workers["site-A"]) == 1 + 2 * ROUNDS + 1, workers
+            assert len(set(workers[f"{DYING}-restarted"])) == 1
+            assert not set(workers[DYING]) & set(workers[f"{DYING}-restarted"])
+
             results = json.loads(results_path.read_text())
             assert results["best_round"] in rounds and "both rounds" in results["best_round_rule"]
             assert set(results["clients"]) == set(SITES) and results["clients"][UNSEEN]["role"] == "unseen"
@@ -171,4 +184,8 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
                 print(f"----- flwr log {run_id} (the ServerApp) -----")
                 print("\n".join(deployment.run_log(CONNECTION, run_id).splitlines()[-80:]))
             raise
+    # stopping the SuperNodes ends their workers too
+    for pid in {pid for pids in workers.values() for pid in pids}:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(timeout=30)
     print(f"deployment test: {time.monotonic() - started:.0f} s")

@@ -5,6 +5,10 @@ block for minutes: a reply whose upload stopped half-way (its site died mid-uplo
 by the SuperLink, and pulling its objects retries until the upload session expires (180 s in
 Flower 1.42). Here every pull runs in a helper thread that the caller waits for only until the
 deadline; a pull still blocked then is abandoned (its reply, if it ever completes, is dropped).
+
+Tensors travel packed (:mod:`fedfms.federated.packing`): messages are packed here before they
+are pushed and replies unpacked as they arrive; a reply whose packed tensors cannot be read
+becomes an error reply of its node.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import threading
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+from fedfms.federated.packing import UnreadableArrays, pack_arrays, unpack_arrays
 
 POLL_S = 0.5
 
@@ -39,6 +46,17 @@ def _pull(grid: Grid, message_ids: set[str], wait: float | None) -> list[Message
     return box[0]
 
 
+def _unpacked(reply: Message, sent: Message) -> Message:
+    """``reply`` with its tensors unpacked, or an error reply of its node if they are unreadable."""
+    if reply.has_error():
+        return reply
+    try:
+        unpack_arrays(reply.content)
+    except UnreadableArrays as err:
+        return Message(Error(code=ErrorCode.UNKNOWN, reason=f"unreadable reply: {err}"), reply_to=sent)
+    return reply
+
+
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[tuple[int, Message]]:
     """Send ``messages`` and pair every reply with the node its message went to, in the order
     of the messages (so that aggregation does not depend on arrival order); nodes without a
@@ -53,6 +71,8 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> 
     if timeout is not None:
         for message in messages:  # a site that comes back late skips the rounds already over
             message.metadata.ttl = timeout
+    for message in messages:
+        pack_arrays(message.content)
     pending = {i for i in grid.push_messages(messages) if i}
     order = {m.metadata.message_id: i for i, m in enumerate(messages)}
     replies: list[Message] = []
@@ -65,7 +85,7 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> 
             break
         for reply in pulled:
             pending.discard(reply.metadata.reply_to_message_id)
-            replies.append(reply)
+            replies.append(_unpacked(reply, messages[order[reply.metadata.reply_to_message_id]]))
         if pending:
             time.sleep(POLL_S if left is None else max(0.0, min(POLL_S, deadline - time.monotonic())))
     replies.sort(key=lambda r: order[r.metadata.reply_to_message_id])  # the messages' order, not arrival's

@@ -15,7 +15,18 @@ no copy of the YAML: only its data folder (and, for pretrained runs, the SAM wei
   client (``data.unseen`` of the run config) scores all its data, the others their validation
   split; reply ``metrics`` {num-examples, dice, iou, dice-per-class, iou-per-class} and
   ``info`` {split}.
+
+A node that fails a message answers with Flower's error reply; its reason is a
+:class:`SiteFailure` naming the site and the kind of error, nothing else (file paths, case
+names and values stay in the site's own log).
 """
+
+from fedfms.errors import FedfmsError
+
+QUERY = "query"
+QUERY_FINGERPRINT = "query.fingerprint"
+TRAIN = "train"
+EVALUATE = "evaluate"
 
 RUN_CONFIG = "run-config"
 ARRAYS = "arrays"
@@ -26,3 +37,7 @@ FROZEN_DIGEST = "frozen-digest"
 FINGERPRINT = "fingerprint"
 TOTAL_CASES = "total-cases"
 NUM_EXAMPLES = "num-examples"
+
+
+class SiteFailure(FedfmsError, RuntimeError):
+    """A message failed at a site: names the site and the kind of error, nothing else."""

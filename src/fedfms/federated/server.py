@@ -151,7 +151,7 @@ def collect_fingerprints(grid: Grid, trainers: list[Node], config: RunConfig) ->
     foreground pixels as nnU-Net would for the federation's number of training cases."""
     total = _config_record(config, **{P.TOTAL_CASES: sum(n.num_train for n in trainers)})
     messages = [Message(RecordDict({P.CONFIG: total}), dst_node_id=n.node_id,
-                        message_type=f"{MessageType.QUERY}.fingerprint") for n in trainers]
+                        message_type=P.QUERY_FINGERPRINT) for n in trainers]
     by_id = {n.node_id: n for n in trainers}
     fingerprints, errors = [], []
     for node_id, reply in exchange(grid, messages, config.federation.connect_timeout_s):

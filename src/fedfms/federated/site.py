@@ -9,7 +9,8 @@ is its own business (:data:`NODE_SETTINGS`; the run's values are only the defaul
 trains (``device='cuda:1'``), in which precision (``precision='bf16'``), with how many data
 loader workers (``num-workers=4``), where it caches image embeddings (``decoder`` mode,
 ``embedding-cache='/path/cache'``) and keeps its optimizer state (``optimizer_state: keep``,
-``state-dir='/path/state'``).
+``state-dir='/path/state'``). Whether the node answers in its warm site worker
+(``site-worker``, ``site-worker-idle-s``) is :mod:`fedfms.federated.worker`'s.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Update encodings (``federation.update_encoding``):
   far less than their magnitude, so the difference keeps float16's 11 significant bits where
   the weights themselves would lose the update; the server adds it back to the global float32
   tensors before aggregating, so the strategies see ordinary weights.
+
+On the wire the records travel packed (:mod:`fedfms.federated.packing`).
 """
 
 from __future__ import annotations
