@@ -236,10 +236,10 @@ def ask_worker(message_type: str, content: RecordDict, context: Context) -> Reco
     with _locked(address.lock):
         connection = _dial(address) or _start(address, parent, idle_seconds(context.node_config), site)
     with connection:
-        connection.send(request)
         try:
+            connection.send(request)
             reply = connection.recv()
-        except (EOFError, ConnectionResetError):
+        except (EOFError, ConnectionError):
             raise SiteFailure(f"{site}: the site worker died while handling {message_type}; its log "
                               f"{address.log} ends:\n{_log_tail(address.log)}") from None
     for line in reply["log"]:
@@ -275,18 +275,30 @@ class _Activity:
         return 0.0 if self.busy else time.monotonic() - self.since
 
 
-def _watch(parent_pid: int, idle_s: float, activity: _Activity, address: WorkerAddress) -> None:
-    """Exit the process when the parent is gone or nothing came for ``idle_s`` seconds."""
+def _unlink_own_socket(address: WorkerAddress, inode: int) -> None:
+    """Remove the socket file if it is still this worker's (a successor may have bound the path)."""
+    with contextlib.suppress(FileNotFoundError):
+        if address.socket.stat().st_ino == inode:
+            address.socket.unlink()
+
+
+def _watch(parent_pid: int, idle_s: float, activity: _Activity, address: WorkerAddress, inode: int) -> None:
+    """Exit the process when the parent is gone or nothing came for ``idle_s`` seconds. An idle
+    worker first removes its socket, so no new ClientApp finds it, and exits only if nothing
+    already connected arrived in the next second."""
     try:
         parent = psutil.Process(parent_pid)
     except psutil.NoSuchProcess:
         parent = None
     while True:
         orphaned = parent is None or not parent.is_running() or parent.status() == psutil.STATUS_ZOMBIE
+        if not orphaned and activity.idle_for() > idle_s:
+            _unlink_own_socket(address, inode)
+            time.sleep(1.0)
         if orphaned or activity.idle_for() > idle_s:
             logger.info("site worker pid %d: %s after %d message(s); exiting", os.getpid(),
                         "its SuperNode is gone" if orphaned else f"idle for {idle_s:.0f} s", activity.served)
-            address.socket.unlink(missing_ok=True)
+            _unlink_own_socket(address, inode)
             os._exit(0)
         time.sleep(1.0)
 
@@ -321,9 +333,10 @@ def serve(address: WorkerAddress, parent_pid: int, idle_s: float) -> None:
 
     console_logging()
     activity = _Activity()
-    threading.Thread(target=_watch, args=(parent_pid, idle_s, activity, address), daemon=True).start()
     address.socket.unlink(missing_ok=True)  # left by a worker that was killed; we hold the start lock
     with Listener(str(address.socket), family="AF_UNIX", authkey=address.authkey()) as listener:
+        threading.Thread(target=_watch, args=(parent_pid, idle_s, activity, address, address.socket.stat().st_ino),
+                         daemon=True).start()
         logger.info("site worker pid %d listening on %s", os.getpid(), address.socket)
         while True:
             try:
