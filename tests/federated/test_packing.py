@@ -66,6 +66,10 @@ def test_the_exchange_sends_packed_and_unreadable_replies_become_errors_of_their
     sent = [Message(_content(to_record(state)), dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2)]
     replies = dict(exchange(grid, sent, timeout=5.0))
     assert all(list(m.content[P.ARRAYS].keys()) == [PACKED] for m in grid.sent.values())
+    shared = to_record(state)
+    one_record_for_all = [Message(_content(shared), dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2)]
+    exchange(grid, one_record_for_all, timeout=5.0)
+    assert one_record_for_all[0].content[P.ARRAYS] is one_record_for_all[1].content[P.ARRAYS]  # packed once
     assert {k: v.tolist() for k, v in from_record(replies[1].content[P.ARRAYS]).items()} == \
         {k: v.tolist() for k, v in state.items()}
     assert replies[2].has_error() and "unreadable reply: record 'arrays'" in replies[2].error.reason

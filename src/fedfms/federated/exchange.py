@@ -71,8 +71,9 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> 
     if timeout is not None:
         for message in messages:  # a site that comes back late skips the rounds already over
             message.metadata.ttl = timeout
+    packed: dict = {}  # the global model, sent to every node: packed once
     for message in messages:
-        pack_arrays(message.content)
+        pack_arrays(message.content, packed)
     pending = {i for i in grid.push_messages(messages) if i}
     order = {m.metadata.message_id: i for i, m in enumerate(messages)}
     replies: list[Message] = []
