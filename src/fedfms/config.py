@@ -18,12 +18,15 @@ config is an error, not a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from fedfms.errors import FedfmsError
+
+FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}$"
+"""A public key's fingerprint as ``ssh-keygen -l`` prints it (see :mod:`fedfms.federated.identity`)."""
 
 Architecture = Literal["sam", "unet", "nnunet"]
 Backbone = Literal["tiny", "vit_b", "vit_l", "vit_h", "litemedsam"]
@@ -238,7 +241,10 @@ class FederationConfig(_Strict):
     Robustness: an update that moved the model more than ``max_update_ratio`` times the
     round's median distance is rejected and named (``null`` turns the screen off); the
     ``fedmedian`` and ``fedtrimmedavg`` strategies (Flower's coordinate-wise median and trimmed
-    mean, trimming ``trimmed_beta`` at each end) aggregate robustly."""
+    mean, trimming ``trimmed_beta`` at each end) aggregate robustly.
+    Identity: ``site_keys`` binds each site to the fingerprint of its SuperNode's registered key
+    (``ssh-keygen -lf node.key.pub``: ``SHA256:...``); a node claiming a site with another key is
+    refused (see :mod:`fedfms.federated.identity`)."""
 
     rounds: int = Field(100, ge=1)
     strategy: StrategyName = "fedavg"
@@ -251,6 +257,7 @@ class FederationConfig(_Strict):
     update_encoding: Literal["full", "delta-fp16"] = "full"
     max_update_ratio: float | None = Field(10.0, gt=1)
     trimmed_beta: float = Field(0.2, gt=0, lt=0.5)
+    site_keys: dict[str, Annotated[str, StringConstraints(pattern=FINGERPRINT_PATTERN)]] | None = None
 
 
 class SimulationConfig(_Strict):
@@ -286,6 +293,9 @@ class RunConfig(_Strict):
         clients = self.data.clients
         if clients is not None and self.data.unseen is not None and self.data.unseen not in clients:
             raise ValueError(f"data.unseen {self.data.unseen!r} is not one of data.clients {clients}")
+        keys = self.federation.site_keys
+        if clients is not None and keys is not None and (unknown := sorted(set(keys) - set(clients))):
+            raise ValueError(f"federation.site_keys names {unknown}, not among data.clients {clients}")
         return self
 
     @model_validator(mode="after")

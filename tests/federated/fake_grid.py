@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from flwr.app import Error, Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
 
 
 def _reply(answer: RecordDict | Error, request: Message) -> Message:
@@ -16,15 +17,20 @@ def _reply(answer: RecordDict | Error, request: Message) -> Message:
 class FakeGrid:
     """Answers every message of the nodes in ``answers`` at once (with that content, or that
     error); a pull that would return a reply of a node in ``stalled`` blocks until ``release``
-    is set, as Flower's pull of a half-uploaded reply does until the upload session expires."""
+    is set, as Flower's pull of a half-uploaded reply does until the upload session expires.
+    ``keys`` are the nodes' registered public keys (PEM), as an authenticating SuperLink knows them."""
 
-    def __init__(self, online: list[int], answers: dict[int, RecordDict | Error], stalled: tuple[int, ...] = ()) -> None:
-        self.online, self.answers, self.stalled = online, answers, stalled
+    def __init__(self, online: list[int], answers: dict[int, RecordDict | Error], stalled: tuple[int, ...] = (),
+                 keys: dict[int, bytes] | None = None) -> None:
+        self.online, self.answers, self.stalled, self.keys = online, answers, stalled, keys or {}
         self.release = threading.Event()
         self.sent: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.online)
+
+    def get_nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(node_id=n, public_key=self.keys.get(n, b"")) for n in self.online]
 
     def push_messages(self, messages):
         ids = []

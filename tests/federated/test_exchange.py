@@ -49,11 +49,11 @@ def test_a_restarted_site_with_a_new_node_id_takes_its_place_and_strangers_are_l
     grid = FakeGrid([1, 7, 8, 9, 10, 11], {7: _info("B"), 8: _info("Z"), 9: _info("A", digest="other"),
                                             11: Error(code=0, reason="broken")})  # 10: silent
     ignored: set[int] = set()
-    after = rejoin(grid, nodes, config, timeout=1.0, ignored=ignored)
+    after = rejoin(grid, nodes, config, timeout=1.0, ignored=ignored, pinned={})
     assert [(n.client, n.node_id) for n in after] == [("A", 1), ("B", 7)]
     assert ignored == {8, 9, 11}
     asked = len(grid.sent)
-    assert rejoin(grid, after, config, timeout=1.0, ignored=ignored) == after
+    assert rejoin(grid, after, config, timeout=1.0, ignored=ignored, pinned={}) == after
     assert [m.metadata.dst_node_id for m in list(grid.sent.values())[asked:]] == [10]  # only the silent one again
 
 

@@ -6,6 +6,7 @@ loses its SuperNode."""
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from fedfms.federated.client_app import app
 from fedfms.federated.packing import unpack_arrays
 from fedfms.federated.protocol import SiteFailure
 from fedfms.federated.wire import from_record, to_record
-from fedfms.federated.worker import WorkerAddress, idle_seconds, uses_worker
+from fedfms.federated.worker import HANDSHAKE_S, WorkerAddress, idle_seconds, uses_worker
 from fedfms.models import build_model, trainable_state
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -145,11 +146,53 @@ def test_a_worker_killed_mid_message_fails_that_message_and_the_next_one_starts_
     worker.send_signal(signal.SIGKILL)
     sender.join(timeout=60)
     assert isinstance(outcome.get("error"), SiteFailure), outcome
-    assert "site-A: the site worker died while handling train" in str(outcome["error"])
+    reason = str(outcome["error"])
+    assert reason == "site-A: the site worker died while handling train (details in the site's log)"
+    stderr = capfd.readouterr().err  # the site's own output keeps the details: the log's path and its end
+    assert "the site worker died while handling train; the site worker's log" in stderr
+    assert str(worker_dir) in stderr and "listening on" in stderr
 
     _send(MessageType.QUERY, slow, node)
     [(new_pid, number, kind)] = _answered(capfd.readouterr().err)
     assert new_pid != worker.pid and (number, kind) == (1, "query")
+
+
+def test_a_failure_outside_the_handlers_tells_the_coordinator_only_the_site_and_the_kind(
+        federation, tmp_path, run_config, worker_dir, capfd):
+    folder = worker_dir / f"fedfms-workers-{os.getuid()}"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)  # open to others: the worker refuses to keep its key there
+    with pytest.raises(SiteFailure) as failure:
+        _send(MessageType.QUERY, run_config(federation, tmp_path / "run"), _node(federation / "site-A"))
+    assert str(failure.value) == ("site-A: FedfmsError in the ClientApp while handling query "
+                                  "(details in the site's log)")
+    assert str(folder) in capfd.readouterr().err  # the path stays in the site's own output
+
+
+def test_a_connection_that_never_speaks_holds_up_no_message_and_is_dropped(
+        federation, tmp_path, run_config, worker_dir):
+    config = run_config(federation, tmp_path / "run")
+    node = _node(federation / "site-A")
+    _send(MessageType.QUERY, config, node)  # the worker is up
+    [sock_path] = worker_dir.rglob("*.sock")
+    [log] = worker_dir.rglob("*.log")
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(str(sock_path))
+    try:
+        started = time.monotonic()
+        _send(MessageType.QUERY, config, node)
+        assert time.monotonic() - started < HANDSHAKE_S, "a silent connection held up the node's message"
+        deadline = time.monotonic() + HANDSHAKE_S + 20
+        while "dropped a connection that did not authenticate" not in log.read_text():
+            assert time.monotonic() < deadline, "the silent connection was never dropped"
+            time.sleep(0.2)
+        silent.settimeout(5)
+        received = b""
+        while chunk := silent.recv(1024):  # the worker's challenge, then its side closed (a timeout fails)
+            received += chunk
+        assert b"#CHALLENGE#" in received
+    finally:
+        silent.close()
 
 
 def test_a_worker_exits_when_idle(federation, tmp_path, run_config, worker_dir):

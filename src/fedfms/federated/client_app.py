@@ -12,27 +12,46 @@ handlers run here, in the process that received the message.
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+import logging
+
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedfms.federated.packing import pack_arrays, unpack_arrays
-from fedfms.federated.worker import ask_worker, uses_worker
+from fedfms.federated.protocol import SiteFailure
+from fedfms.federated.worker import ask_worker, node_label, uses_worker
 
 app = ClientApp()
+logger = logging.getLogger("fedfms")
+
+
+def _reply_content(message_type: str, received: RecordDict, context: Context) -> RecordDict:
+    unpack_arrays(received)
+    if uses_worker(context.node_config):
+        content = ask_worker(message_type, received, context)
+    else:
+        from fedfms.federated.handlers import handle  # torch and the models: imported only where they run
+
+        content = handle(message_type, received, context)
+    pack_arrays(content)
+    return content
 
 
 def answer(msg: Message, context: Context) -> Message:
     """The reply to ``msg``, computed by the warm site worker or in this process; tensors arrive
-    and leave packed (:mod:`fedfms.federated.packing`)."""
-    received = msg.content
-    unpack_arrays(received)
-    if uses_worker(context.node_config):
-        content = ask_worker(msg.metadata.message_type, received, context)
-    else:
-        from fedfms.federated.handlers import handle  # torch and the models: imported only where they run
-
-        content = handle(msg.metadata.message_type, received, context)
-    pack_arrays(content)
+    and leave packed (:mod:`fedfms.federated.packing`). Whatever fails here is logged at the site;
+    the error that Flower sends to the coordinator names the site and the kind of failure only
+    (Flower would send the exception's text, which may hold local paths)."""
+    message_type = msg.metadata.message_type
+    try:
+        content = _reply_content(message_type, msg.content, context)
+    except SiteFailure:
+        raise
+    except Exception as err:
+        site = node_label(context)
+        logger.exception("%s: the ClientApp could not answer the %s message", site, message_type)
+        raise SiteFailure(f"{site}: {type(err).__name__} in the ClientApp while handling {message_type} "
+                          "(details in the site's log)") from None
     return Message(content, reply_to=msg)
 
 

@@ -29,6 +29,7 @@ from fedfms.config import RunConfig
 from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
+from fedfms.federated.identity import node_keys, previous_keys, refusal
 from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import (
     UpdateRejected,
@@ -63,6 +64,7 @@ class Node:
     num_samples: int
     class_names: list[str]
     digest: str = ""  # of its frozen weights
+    key: str = ""  # fingerprint of the key its SuperNode authenticated with (see identity.py)
 
     def label(self) -> str:
         return f"client {self.client!r} (node {self.node_id})"
@@ -72,37 +74,56 @@ def _config_record(config: RunConfig, **extra: Any) -> ConfigRecord:
     return ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), **extra})
 
 
-def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while len(nodes := list(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise FederationError(f"only {len(nodes)} of {expected} nodes connected within {timeout:.0f} s")
-        time.sleep(1)
-    return nodes
-
-
 def _identify(grid: Grid, node_ids: list[int], config: RunConfig, timeout: float) -> tuple[list[Node], dict[int, str]]:
     """Ask ``node_ids`` who they are: the nodes that answered, and the errors of those whose
     answer was an error (by node id)."""
     messages = [Message(RecordDict({P.CONFIG: _config_record(config)}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in node_ids]
     nodes, errors = [], {}
-    for src, reply in exchange(grid, messages, timeout):
+    replies = exchange(grid, messages, timeout)
+    keys = node_keys(grid)
+    for src, reply in replies:
         if reply.has_error():
             errors[src] = reply.error.reason
             continue
         info = reply.content[P.INFO]
         nodes.append(Node(src, str(info["client"]), int(info["num-train"]), int(info["num-val"]),
-                          int(info["num-samples"]), json.loads(str(info["class-names"])), str(info[P.FROZEN_DIGEST])))
+                          int(info["num-samples"]), json.loads(str(info["class-names"])), str(info[P.FROZEN_DIGEST]),
+                          keys.get(src, "")))
     return nodes, errors
 
 
-def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
-    """Ask every node who it is; check names, classes and frozen weights agree."""
-    node_ids = _wait_for_nodes(grid, expected, config.federation.connect_timeout_s)
-    nodes, errors = _identify(grid, node_ids, config, config.federation.connect_timeout_s)
-    if errors:
-        raise FederationError("nodes failed to start: " + "; ".join(f"node {n}: {e}" for n, e in errors.items()))
+def _refuse(node: Node, reason: str, refused: set[int]) -> None:
+    logger.warning("node %d claims client %r: refused, %s", node.node_id, node.client, reason)
+    refused.add(node.node_id)
+
+
+def meet_nodes(grid: Grid, config: RunConfig, expected: int, pinned: dict[str, str] | None = None) -> list[Node]:
+    """Ask every node who it is; check names, classes and frozen weights agree. A node whose
+    key is not the one its site is bound to (``pinned``, see :mod:`fedfms.federated.identity`)
+    is refused and named in the log, and the server waits on for the site's own node."""
+    pinned = pinned or {}
+    timeout = config.federation.connect_timeout_s
+    deadline = time.monotonic() + timeout
+    nodes: list[Node] = []
+    refused: set[int] = set()
+    while len(nodes) < expected:
+        met = {n.node_id for n in nodes} | refused
+        new = [n for n in grid.get_node_ids() if n not in met]
+        if not new:
+            if time.monotonic() > deadline:
+                raise FederationError(f"only {len(nodes)} of {expected} nodes connected and admitted within "
+                                      f"{timeout:.0f} s" + (f" (refused: nodes {sorted(refused)})" if refused else ""))
+            time.sleep(1)
+            continue
+        found, errors = _identify(grid, new, config, max(deadline - time.monotonic(), 1.0))
+        if errors:
+            raise FederationError("nodes failed to start: " + "; ".join(f"node {n}: {e}" for n, e in errors.items()))
+        for node in found:
+            if (reason := refusal(node, None, pinned, ())) is None:
+                nodes.append(node)
+            else:
+                _refuse(node, reason, refused)
     names = [n.client for n in nodes]
     if len(set(names)) != len(names):
         raise FederationError(f"two nodes serve the same client: {sorted(names)}")
@@ -119,14 +140,18 @@ def meet_nodes(grid: Grid, config: RunConfig, expected: int) -> list[Node]:
     return sorted(nodes, key=lambda n: n.client)
 
 
-def rejoin(grid: Grid, nodes: list[Node], config: RunConfig, timeout: float, ignored: set[int]) -> list[Node]:
+def rejoin(grid: Grid, nodes: list[Node], config: RunConfig, timeout: float, ignored: set[int],
+           pinned: dict[str, str]) -> list[Node]:
     """``nodes`` with the node ids of sites that came back: a connected node the run does not
     know (a restarted SuperNode without a registered key gets a new id) is asked who it is,
     and takes its site's place if it serves one of the run's clients with the same classes and
-    frozen weights. A node that answers with an error or as another client is named in the log
-    and added to ``ignored``; one that does not answer in time is asked again next round."""
+    frozen weights, and is allowed to serve it (:func:`fedfms.federated.identity.refusal`: the
+    site's key; without keys, only once the site's node is gone). A node that answers with an
+    error, as another client or is refused is named in the log and added to ``ignored``; one
+    that does not answer in time is asked again next round."""
     known = {n.node_id for n in nodes} | ignored
-    unknown = [n for n in grid.get_node_ids() if n not in known]
+    online = list(grid.get_node_ids())
+    unknown = [n for n in online if n not in known]
     if not unknown:
         return nodes
     by_client = {n.client: n for n in nodes}
@@ -140,6 +165,9 @@ def rejoin(grid: Grid, nodes: list[Node], config: RunConfig, timeout: float, ign
             logger.warning("node %d serves client %r, not one of this run's clients with its classes and frozen "
                            "weights; it is left out", node.node_id, node.client)
             ignored.add(node.node_id)
+            continue
+        if (reason := refusal(node, old, pinned, online)) is not None:
+            _refuse(node, reason, ignored)
             continue
         logger.info("%s rejoined as node %d", old.label(), node.node_id)
         by_client[node.client] = node
@@ -288,7 +316,12 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
                    resume_hint: str = RESUME_CLI) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``config``; returns ``results.json``.
     ``resume_hint`` says how this runtime resumes a run (see :class:`fedfms.run.tracker.RunTracker`)."""
-    nodes = meet_nodes(grid, config, expected_nodes)
+    pinned = dict(config.federation.site_keys or (previous_keys(run_dir) if resume else {}))
+    nodes = meet_nodes(grid, config, expected_nodes, pinned)
+    if not any(n.key for n in nodes):
+        logger.warning("the nodes have no authenticated keys (SuperNode authentication off): a site is known by "
+                       "the name its node reports; see docs/deployment.md, 'Who may serve a site'")
+    pinned = {n.client: n.key for n in nodes if n.key} | pinned
     trainers = [n for n in nodes if n.client != config.data.unseen]
     if not trainers:
         raise FederationError("no training client: every connected client is the unseen one")
@@ -317,7 +350,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     ignored: set[int] = set()
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
-        nodes = rejoin(grid, nodes, config, min(timeout or math.inf, config.federation.connect_timeout_s), ignored)
+        nodes = rejoin(grid, nodes, config, min(timeout or math.inf, config.federation.connect_timeout_s), ignored,
+                       pinned)
         trainers = [n for n in nodes if n.client != config.data.unseen]
         by_id = {n.node_id: n for n in nodes}
         valid, rows, failed, silent = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_,
@@ -349,5 +383,5 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
 def write_nodes(run_dir: Path, nodes: list[Node], config: RunConfig) -> None:
     """Who took part: client, role and sample counts (saved with the run)."""
     payload = [{"client": n.client, "role": "unseen" if n.client == config.data.unseen else "train",
-                "train": n.num_train, "val": n.num_val, "samples": n.num_samples} for n in nodes]
+                "train": n.num_train, "val": n.num_val, "samples": n.num_samples, "key": n.key} for n in nodes]
     (run_dir / "clients.json").write_text(json.dumps(payload, indent=2))

@@ -12,15 +12,20 @@ each message to the node's worker and returns its reply. The first message start
 (``python -m fedfms.federated.worker``, in its own session, output to its log file); later
 ones find it by its Unix socket. The connection is authenticated by
 :mod:`multiprocessing.connection`'s HMAC challenge with a random key kept in a file only this
-user can read, in a folder only this user can enter (``$TMPDIR/fedfms-workers-<uid>``).
+user can read, in a folder only this user can enter (``$TMPDIR/fedfms-workers-<uid>``). Every
+connection gets its own thread and deadlines: the challenge must be answered within
+:data:`HANDSHAKE_S` and the request arrive within :data:`REQUEST_S`, so a connection that never
+speaks (or stops half-way) is dropped and cannot hold up the node's real messages, which are
+answered one at a time.
 One worker serves one node: its address is derived from the node config, the code's location
 (a new app version gets a new worker) and the ClientApp's parent process.
 
 Lifetime: the worker exits when that parent (the SuperNode's SuperExec, which itself ends with
 the SuperNode) is gone, or after ``site-worker-idle-s`` seconds without a message (900).
 A worker that dies mid-message (killed, out of memory) fails that message with a
-:class:`~fedfms.federated.protocol.SiteFailure` that names the site and the worker's log, and
-the next message starts a new one.
+:class:`~fedfms.federated.protocol.SiteFailure` that names the site and the kind of failure
+only (the worker's log, its path and its last lines are written to the SuperNode's own output,
+never into the reply), and the next message starts a new one.
 
 Node config (``flower-supernode --node-config``): ``site-worker=false`` answers every message
 in the ``flwr-clientapp`` process itself, as without this module; ``site-worker-idle-s=N``.
@@ -35,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import stat
 import subprocess
 import sys
@@ -44,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,8 @@ WORKER_SETTING = "site-worker"
 IDLE_SETTING = "site-worker-idle-s"
 DEFAULT_IDLE_S = 900.0
 START_TIMEOUT_S = 300.0
+HANDSHAKE_S = 10.0  # the HMAC challenge, both ways
+REQUEST_S = 120.0  # a request (the global tensors) over the local socket
 MAX_SOCKET_PATH = 100  # Linux allows 107 bytes in a Unix socket's path
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -181,21 +189,62 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(stream, fcntl.LOCK_UN)
 
 
-def _dial(address: WorkerAddress) -> Connection | None:
+@contextlib.contextmanager
+def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
+    """Shut ``connection``'s socket down if the block has not finished within ``seconds``: a
+    blocked read then ends (``EOFError``) instead of waiting for a peer that never speaks."""
+    sock = socket.socket(fileno=os.dup(connection.fileno()))
+    lock, finished = threading.Lock(), [False]
+
+    def expire() -> None:
+        with lock:
+            if not finished[0]:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
     try:
-        return Client(str(address.socket), family="AF_UNIX", authkey=address.authkey())
+        yield
+    finally:
+        with lock:
+            finished[0] = True
+        timer.cancel()
+        sock.close()
+
+
+def _dial(address: WorkerAddress) -> Connection | None:
+    """A connection to the worker listening at ``address``, authenticated both ways within
+    :data:`HANDSHAKE_S`; ``None`` if none listens or it does not answer the handshake."""
+    try:
+        connection = Client(str(address.socket), family="AF_UNIX")
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+    key = address.authkey()
+    try:
+        with _deadline(connection, HANDSHAKE_S):
+            answer_challenge(connection, key)
+            deliver_challenge(connection, key)
     except AuthenticationError:
+        connection.close()
         raise FedfmsError(f"{address.socket}: the site worker there does not accept the key in "
                           f"{address.authkey_file}; stop that worker (its log: {address.log})") from None
+    except (EOFError, OSError):  # a worker that is dying, or wedged: a new one takes its socket
+        connection.close()
+        logger.warning("%s: the site worker there did not complete the handshake within %.0f s; starting "
+                       "another (the old one's log: %s)", address.socket, HANDSHAKE_S, address.log)
+        return None
+    return connection
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
+def _log_locally(site: str, what: str, log: Path, lines: int = 20) -> None:
+    """Write what went wrong with the worker, and the end of its log, to this process's own
+    output (the SuperNode's, at the site); none of it goes into the reply."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        ending = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
-        return "(no log)"
+        ending = "(no log)"
+    logger.error("%s: %s; the site worker's log %s ends:\n%s", site, what, log, ending)
 
 
 def _start(address: WorkerAddress, parent_pid: int, idle_s: float, site: str) -> Connection:
@@ -212,12 +261,12 @@ def _start(address: WorkerAddress, parent_pid: int, idle_s: float, site: str) ->
     deadline = time.monotonic() + START_TIMEOUT_S
     while (connection := _dial(address)) is None:
         if process.poll() is not None:
-            raise SiteFailure(f"{site}: the site worker exited with {process.returncode} while starting; "
-                              f"its log {address.log} ends:\n{_log_tail(address.log)}")
+            _log_locally(site, f"the site worker exited with {process.returncode} while starting", address.log)
+            raise SiteFailure(f"{site}: the site worker exited while starting (details in the site's log)")
         if time.monotonic() > deadline:
             process.kill()
-            raise SiteFailure(f"{site}: the site worker did not listen within {START_TIMEOUT_S:.0f} s; "
-                              f"see its log {address.log}")
+            _log_locally(site, f"the site worker did not listen within {START_TIMEOUT_S:.0f} s", address.log)
+            raise SiteFailure(f"{site}: the site worker did not start in time (details in the site's log)")
         time.sleep(0.05)
     return connection
 
@@ -240,8 +289,9 @@ def ask_worker(message_type: str, content: RecordDict, context: Context) -> Reco
             connection.send(request)
             reply = connection.recv()
         except (EOFError, ConnectionError):
-            raise SiteFailure(f"{site}: the site worker died while handling {message_type}; its log "
-                              f"{address.log} ends:\n{_log_tail(address.log)}") from None
+            _log_locally(site, f"the site worker died while handling {message_type}", address.log)
+            raise SiteFailure(f"{site}: the site worker died while handling {message_type} "
+                              "(details in the site's log)") from None
     for line in reply["log"]:
         print(line, file=sys.stderr, flush=True)
     if reply["error"] is not None:
@@ -264,15 +314,26 @@ class _LinesOfOneMessage(logging.Handler):
 
 
 class _Activity:
-    """Whether a message is being answered, and when the last one ended."""
+    """How many connections are open (being authenticated, waiting or answered), and when the
+    last one closed."""
 
     def __init__(self) -> None:
-        self.busy = False
+        self._lock = threading.Lock()
+        self.open = 0
         self.since = time.monotonic()
         self.served = 0
 
+    def opened(self) -> None:
+        with self._lock:
+            self.open += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self.open -= 1
+            self.since = time.monotonic()
+
     def idle_for(self) -> float:
-        return 0.0 if self.busy else time.monotonic() - self.since
+        return 0.0 if self.open else time.monotonic() - self.since
 
 
 def _unlink_own_socket(address: WorkerAddress, inode: int) -> None:
@@ -327,31 +388,54 @@ def _answer(request: dict[str, Any], activity: _Activity, handle: Callable[[str,
     return {"content": content, "error": error, "log": lines.lines}
 
 
+def _serve_connection(connection: Connection, authkey: bytes, one_at_a_time: threading.Lock, activity: _Activity,
+                      handle: Callable[[str, RecordDict, Context], RecordDict]) -> None:
+    """Authenticate one connection and read its request, each within its deadline, then answer
+    it when no other message is being answered."""
+    try:
+        with connection:
+            try:
+                with _deadline(connection, HANDSHAKE_S):
+                    deliver_challenge(connection, authkey)
+                    answer_challenge(connection, authkey)
+                with _deadline(connection, REQUEST_S):
+                    request = connection.recv()
+            except (EOFError, OSError, AuthenticationError) as err:
+                logger.warning("site worker: dropped a connection that did not authenticate and send its request "
+                               "in time (%s)", type(err).__name__)
+                return
+            try:
+                with one_at_a_time:
+                    connection.send(_answer(request, activity, handle))
+            except (EOFError, OSError) as err:
+                logger.warning("site worker: the ClientApp left before its reply (%s)", err)
+    finally:
+        activity.closed()
+
+
 def serve(address: WorkerAddress, parent_pid: int, idle_s: float) -> None:
-    """Answer messages on ``address`` one at a time until :func:`_watch` ends the process."""
+    """Answer messages on ``address`` one at a time until :func:`_watch` ends the process; each
+    connection is authenticated in its own thread (:func:`_serve_connection`)."""
     from fedfms.federated.handlers import handle  # torch and the models, imported before the first message
 
     console_logging()
     activity = _Activity()
+    one_at_a_time = threading.Lock()
+    authkey = address.authkey()
     address.socket.unlink(missing_ok=True)  # left by a worker that was killed; we hold the start lock
-    with Listener(str(address.socket), family="AF_UNIX", authkey=address.authkey()) as listener:
+    with Listener(str(address.socket), family="AF_UNIX") as listener:  # authenticated per connection
         threading.Thread(target=_watch, args=(parent_pid, idle_s, activity, address, address.socket.stat().st_ino),
                          daemon=True).start()
         logger.info("site worker pid %d listening on %s", os.getpid(), address.socket)
         while True:
             try:
                 connection = listener.accept()
-            except (OSError, EOFError, AuthenticationError) as err:
-                logger.warning("site worker: refused a connection: %s", err)
+            except OSError as err:
+                logger.warning("site worker: could not accept a connection: %s", err)
                 continue
-            with connection:
-                activity.busy = True
-                try:
-                    connection.send(_answer(connection.recv(), activity, handle))
-                except (EOFError, OSError) as err:
-                    logger.warning("site worker: the ClientApp left before its reply (%s)", err)
-                finally:
-                    activity.since, activity.busy = time.monotonic(), False
+            activity.opened()
+            threading.Thread(target=_serve_connection, args=(connection, authkey, one_at_a_time, activity, handle),
+                             name="fedfms-connection", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
