@@ -27,16 +27,18 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Error as FlowerError
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from fedfms.cli import main
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig, save_config
 from fedfms.data import make_synthetic_federation
 from fedfms.federated import protocol as P
-from fedfms.federated.server import Node, _train_round
+from fedfms.federated.client_app import app as client_app
+from fedfms.federated.protocol import SiteFailure
+from fedfms.federated.server import Node, _train_round, rejoin
 from fedfms.federated.strategy import make_strategy
 from fedfms.federated.wire import record_shapes, to_record
-from fedfms.models import build_model, save_checkpoint
+from fedfms.models import build_model, save_checkpoint, trainable_state
 from fedfms.run.log import read_rows
 
 HERE = Path(__file__).parent
@@ -432,3 +434,35 @@ def test_a_faulty_site_is_named_and_left_out_of_the_round(case, task_identity):
     assert silent == ({4} if case == "no reply" else set())  # not asked to evaluate in this round
     assert len(failed) == 1 and failed[0].startswith("site-D (train)") and reason in failed[0], failed
     print(f"CORPUS | site | {case} | {failed[0]} | round goes on")
+
+
+# --- trust: what leaves a site, who may serve it ------------------------------------------------
+
+def test_a_site_failure_reaches_the_coordinator_without_paths_or_case_names(tmp_path, federation, task_identity):
+    site = copy_tree(federation / "site-A", tmp_path / "site-A")
+    manifest = json.loads((site / "manifest.json").read_text())
+    first = manifest["samples"][0]["id"]
+    (site / "masks" / f"{first}.npy").rename(site / "masks" / "MRN4714-WEBER-EVA_s0.npy")
+    config = run_config(federation, tmp_path / "run")
+    content = RecordDict({P.CONFIG: ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), "server-round": 1}),
+                          P.ARRAYS: to_record(trainable_state(build_model(config.model, seed=0)))})
+    context = Context(run_id=1, node_id=5, node_config={"data-dir": str(site), "site-worker": False},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(SiteFailure) as failure:
+        client_app(Message(content, dst_node_id=5, message_type=MessageType.TRAIN), context)
+    reason = str(failure.value)
+    assert reason.startswith("site-A: ") and "(details in the site's log)" in reason
+    assert "MRN4714" not in reason and str(tmp_path) not in reason and "/" not in reason, reason
+    print(f"CORPUS | trust | site failure | {reason} | no path or case name")
+
+
+def test_a_second_node_claiming_a_live_site_is_refused(caplog, task_identity):
+    info = RecordDict({P.INFO: ConfigRecord({"client": "site-B", "num-train": 4, "num-val": 1, "num-samples": 5,
+                                             "class-names": '["x"]', P.FROZEN_DIGEST: "d"})})
+    nodes = [Node(1, "site-A", 4, 1, 5, ["x"], "d"), Node(2, "site-B", 4, 1, 5, ["x"], "d")]
+    grid = FakeGrid([1, 2, 66], {66: info})
+    config = RunConfig(data=DataConfig(clients=["site-A", "site-B"]))
+    after = rejoin(grid, nodes, config, timeout=1.0, ignored=set(), pinned={})
+    assert after == nodes, "the impostor took the place of the live site-B"
+    assert "node 66 claims client 'site-B': refused" in caplog.text
+    print("CORPUS | trust | impostor | node 66 claims client 'site-B': refused | site-B keeps its place")

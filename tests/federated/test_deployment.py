@@ -90,7 +90,7 @@ def _round_rows(run_dir: Path) -> dict[int, dict]:
 def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_back(federation, tmp_path):
     started = time.monotonic()
     certs = make_certificates(tmp_path / "tls")
-    keys = {name: make_node_key(tmp_path / "keys", name) for name in (*SITES, "stranger")}
+    keys = {name: make_node_key(tmp_path / "keys", name) for name in (*SITES, "stranger", "impostor")}
     run_dir = tmp_path / "run"
     config_path = tmp_path / "run.yaml"
     save_config(_deployment_config(run_dir), config_path)
@@ -102,6 +102,9 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
             deployment.write_cli_config(CONNECTION, port, certs.ca)
             node_ids = {site: deployment.register_node(CONNECTION, keys[site][1], site) for site in SITES}
             assert len(set(node_ids.values())) == len(SITES)
+            # anyone who reaches the Control API can register a key (see docs/deployment.md, "Who may
+            # serve a site"): the impostor's key is registered, under a name of its choosing
+            impostor_id = deployment.register_node(CONNECTION, keys["impostor"][1], f"totally-{DYING}")
 
             # TLS only: no plain HTTP on the port, and a SuperNode that does not trust our CA
             # (system certificates only) is refused at the handshake and gives up; one that
@@ -136,6 +139,9 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
             deployment.wait_until(lambda: 2 in _round_rows(run_dir) or _serverapp_ended(deployment), RUN_TIMEOUT_S,
                                   "round 2 without the dead site", alive=("superlink", *alive), interval=0.5)
             restarted = site_node(DYING, name=f"{DYING}-restarted")  # the same key: the same node id
+            # a copy of site-B's prepared folder (its manifest says "site-B") behind the impostor's key
+            impostor = deployment.supernode("impostor", port, free_port(), f"data-dir='{federation / DYING}'",
+                                            ca=certs.ca, key=keys["impostor"][0])
 
             results_path = run_dir / "results.json"
             deployment.wait_until(lambda: results_path.exists() or _serverapp_ended(deployment), RUN_TIMEOUT_S,
@@ -169,6 +175,12 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
             assert len(set(workers["site-A"])) == 1 and len(workers["site-A"]) == 1 + 2 * ROUNDS + 1, workers
             assert len(set(workers[f"{DYING}-restarted"])) == 1
             assert not set(workers[DYING]) & set(workers[f"{DYING}-restarted"])
+
+            # the impostor was asked who it is, refused by the server (bound to site-B's key), never trained
+            server_log = deployment.run_log(CONNECTION, run_id)
+            assert f"node {impostor_id} claims client '{DYING}': refused, its key" in server_log, server_log[-3000:]
+            assert "rejoined" not in server_log or f"as node {impostor_id}" not in server_log
+            assert not re.search(r"message \d+ \(train\)", impostor.log.read_text(errors="replace")), tail_of(impostor)
 
             results = json.loads(results_path.read_text())
             assert results["best_round"] in rounds and "both rounds" in results["best_round_rule"]
