@@ -260,6 +260,27 @@ class FederationConfig(_Strict):
     site_keys: dict[str, Annotated[str, StringConstraints(pattern=FINGERPRINT_PATTERN)]] | None = None
 
 
+class PrivacyConfig(_Strict):
+    """Differential privacy (see :mod:`fedfms.privacy` and docs/privacy.md).
+
+    ``level``: ``none``; ``record`` — DP-SGD at each site (Opacus), the protected unit is one
+    *case* (patient): each step samples cases (Poisson, ``cases_per_step`` expected), clips each
+    case's gradient to ``max_grad_norm`` and adds Gaussian noise of ``noise_multiplier`` times
+    it; each site accounts its own epsilon; ``client`` — client-level DP (Flower's server-side
+    fixed clipping: each site's update clipped to ``max_grad_norm``, noise of
+    ``noise_multiplier`` times it on the sum; Flower's RDP accountant), the unit is a whole site.
+    ``target_epsilon``: the budget; a run stops before the round that would exceed it.
+    ``delta``: 1e-5 by default, far below 1 / (training cases) for any hospital's data set (a
+    site with delta >= 1 / its cases is refused)."""
+
+    level: Literal["none", "record", "client"] = "none"
+    noise_multiplier: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    cases_per_step: int = Field(1, ge=1)
+
+
 class SimulationConfig(_Strict):
     """Resources of Flower's simulation runtime (one machine): CPUs/GPUs given to each virtual
     client; with all cores per client the clients of a round train one after another."""
@@ -287,6 +308,7 @@ class RunConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     simulation: SimulationConfig = SimulationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _unseen_is_a_client(self) -> RunConfig:
@@ -296,6 +318,19 @@ class RunConfig(_Strict):
         keys = self.federation.site_keys
         if clients is not None and keys is not None and (unknown := sorted(set(keys) - set(clients))):
             raise ValueError(f"federation.site_keys names {unknown}, not among data.clients {clients}")
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_fits_the_run(self) -> RunConfig:
+        level = self.privacy.level
+        if level == "client" and self.federation.strategy != "fedavg":
+            raise ValueError("privacy.level client needs federation.strategy fedavg (Flower's DP accounting "
+                             "assumes FedAvg's average)")
+        if level == "record" and self.model.arch == "nnunet" and self.model.nnunet.recipe == "nnunet":
+            raise ValueError("privacy.level record runs fedfms' recipe only: set model.nnunet.recipe: paper")
+        if level == "record" and self.train.precision == "fp16":
+            raise ValueError("privacy.level record: train.precision fp16 is not supported (loss scaling would "
+                             "scale the clipped gradients); use bf16 or fp32")
         return self
 
     @model_validator(mode="after")

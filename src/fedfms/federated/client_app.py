@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedfms.federated import protocol as P
 from fedfms.federated.packing import pack_arrays, unpack_arrays
 from fedfms.federated.protocol import SiteFailure
 from fedfms.federated.worker import ask_worker, node_label, uses_worker
@@ -25,8 +26,10 @@ app = ClientApp()
 logger = logging.getLogger("fedfms")
 
 
-def _reply_content(message_type: str, received: RecordDict, context: Context) -> RecordDict:
+def _reply_content(message_type: str, received: RecordDict, context: Context,
+                   via_secure_aggregation: bool = False) -> RecordDict:
     unpack_arrays(received)
+    received[P.SITE] = ConfigRecord({P.VIA_SECURE_AGGREGATION: via_secure_aggregation})  # the site's word, not the server's
     if uses_worker(context.node_config):
         content = ask_worker(message_type, received, context)
     else:

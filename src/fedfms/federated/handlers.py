@@ -31,6 +31,8 @@ from fedfms.federated.site import (
 )
 from fedfms.federated.wire import encode_update, from_record
 from fedfms.models import load_trainable_state, trainable_state
+from fedfms.privacy.dpsgd import case_groups, check_delta, site_epsilon
+from fedfms.privacy.policy import PolicyRefusal, broken_rule, site_rules
 from fedfms.run.log import console_logging
 from fedfms.train.planning import fingerprint_site
 from fedfms.train.rounds import local_round
@@ -53,10 +55,22 @@ def _prepare(content: RecordDict, context: Context):
     return config, site, model_cfg, model
 
 
+def _epsilons(config: RunConfig, site) -> dict[str, float]:
+    """This site's record-level epsilon so far and after one more round (none without DP-SGD)."""
+    if config.privacy.level != "record":
+        return {}
+    check_delta(config, len(case_groups([site])), site.name)
+    spent, after = site_epsilon(config, [site], site.name)
+    return {P.EPSILON: spent, P.EPSILON_NEXT: after}
+
+
 def query(content: RecordDict, context: Context) -> RecordDict:
-    """Describe this node's data (counts, classes) and the digest of its frozen weights."""
-    _, site, _, model = _prepare(content, context)
-    return RecordDict({P.INFO: ConfigRecord({**describe(site), P.FROZEN_DIGEST: frozen_digest(model)})})
+    """Describe this node's data (counts, classes), the digest of its frozen weights and, with
+    record-level DP, its epsilon."""
+    config, site, _, model = _prepare(content, context)
+    site_rules(context.node_config)  # a wrong rule value is this node's configuration error, found at once
+    return RecordDict({P.INFO: ConfigRecord({**describe(site), P.FROZEN_DIGEST: frozen_digest(model),
+                                             **_epsilons(config, site)})})
 
 
 def fingerprint(content: RecordDict, context: Context) -> RecordDict:
@@ -68,20 +82,34 @@ def fingerprint(content: RecordDict, context: Context) -> RecordDict:
     return RecordDict({P.INFO: ConfigRecord({P.FINGERPRINT: json.dumps(stats.to_dict())})})
 
 
+def _check_rules(content: RecordDict, context: Context, config: RunConfig, site) -> None:
+    """Refuse the message if the run breaks one of this site's rules (:mod:`fedfms.privacy.policy`)."""
+    rules = site_rules(context.node_config)
+    if not rules:
+        return
+    secure = bool(content[P.SITE][P.VIA_SECURE_AGGREGATION]) if P.SITE in content else False
+    after = _epsilons(config, site).get(P.EPSILON_NEXT)
+    if (rule := broken_rule(rules, config, secure, after)) is not None:
+        raise PolicyRefusal(f"{site.name}: refused by the site's rule {rule}")
+
+
 def train(content: RecordDict, context: Context) -> RecordDict:
-    """Load the global trainable tensors, train one local round, send the tensors back."""
+    """Load the global trainable tensors, train one local round, send the tensors back; refused
+    if the run breaks one of this site's rules."""
     config, site, model_cfg, model = _prepare(content, context)
+    _check_rules(content, context, config, site)
     start = from_record(content[P.ARRAYS])
     load_trainable_state(model, start)
     round_ = int(content[P.CONFIG]["server-round"])
     mu = float(content[P.CONFIG].get("proximal-mu", 0.0))
     epochs = local_round(model, [site], config, model_cfg, round_, site.name, proximal_mu=mu)
-    losses = [e.loss for e in epochs]
+    losses = [_finite(e.loss) for e in epochs]  # NaN: a DP-SGD epoch that sampled no case
     seconds = sum(e.seconds for e in epochs)
     logger.info("%s round %d: loss per epoch %s, %d samples in %.1f s", site.name, round_,
                 " ".join(f"{v:.4f}" for v in losses), sum(e.samples for e in epochs), seconds)
-    metrics = MetricRecord({P.NUM_EXAMPLES: len(site.train), "train-loss": losses[-1], "train-loss-per-epoch": losses,
-                            "train-seconds": seconds, "train-steps": sum(e.steps for e in epochs)})
+    metrics = MetricRecord({P.NUM_EXAMPLES: len(site.train), P.UNIFORM_WEIGHT: 1, "train-loss": losses[-1],
+                            "train-loss-per-epoch": losses, "train-seconds": seconds,
+                            "train-steps": sum(e.steps for e in epochs), **_epsilons(config, site)})
     update = encode_update(trainable_state(model.cpu()), start, config.federation.update_encoding)
     return RecordDict({P.ARRAYS: update, P.METRICS: metrics})
 
@@ -127,6 +155,9 @@ def handle(message_type: str, content: RecordDict, context: Context) -> RecordDi
     traceback and raise :class:`SiteFailure` naming the site and the kind of error only."""
     try:
         return HANDLERS[message_type](content, context)
+    except SiteFailure as failure:  # written to be sent: the site and a rule or setting, nothing else
+        logger.warning("the %s message was not answered: %s", message_type, failure)
+        raise
     except Exception as err:
         site = site_name(content, context)
         logger.exception("%s: the %s message failed", site, message_type)

@@ -38,13 +38,14 @@ class NodeWithKey(Protocol):
 def key_fingerprint(public_key: bytes) -> str:
     """``SHA256:<base64>`` of a public key as Flower's SuperLink stores it (PEM
     SubjectPublicKeyInfo): the SHA-256 of its OpenSSH wire form, as ``ssh-keygen -l`` prints it.
-    ``""`` for no key."""
-    if not public_key:
+    ``""`` for no key, or bytes that are no PEM key (the simulation runtime gives its virtual
+    nodes random bytes: nothing authenticates them)."""
+    try:
+        key = serialization.load_pem_public_key(public_key)
+    except (ValueError, TypeError):
         return ""
-    key = serialization.load_pem_public_key(public_key)
-    blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1]
-    digest = hashlib.sha256(base64.b64decode(blob)).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    wire = base64.b64decode(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
 
 
 def node_keys(grid) -> dict[int, str]:

@@ -17,7 +17,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from fedfms.federated.wire import (
 )
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
 from fedfms.nnunet.fingerprint import SiteFingerprint
+from fedfms.privacy.budget import RunPrivacy
 from fedfms.run.tracker import RESUME_CLI, RunTracker
 from fedfms.train.planning import needs_plan, plan_from_fingerprints, with_plan
 from fedfms.train.sites import client_info
@@ -65,6 +66,7 @@ class Node:
     class_names: list[str]
     digest: str = ""  # of its frozen weights
     key: str = ""  # fingerprint of the key its SuperNode authenticated with (see identity.py)
+    privacy: dict[str, float] = field(default_factory=dict, compare=False)  # record-level epsilons it reported
 
     def label(self) -> str:
         return f"client {self.client!r} (node {self.node_id})"
@@ -89,7 +91,7 @@ def _identify(grid: Grid, node_ids: list[int], config: RunConfig, timeout: float
         info = reply.content[P.INFO]
         nodes.append(Node(src, str(info["client"]), int(info["num-train"]), int(info["num-val"]),
                           int(info["num-samples"]), json.loads(str(info["class-names"])), str(info[P.FROZEN_DIGEST]),
-                          keys.get(src, "")))
+                          keys.get(src, ""), {k: float(info[k]) for k in (P.EPSILON, P.EPSILON_NEXT) if k in info}))
     return nodes, errors
 
 
@@ -308,7 +310,10 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
              "loss_per_epoch": [float(v) for v in r.content[P.METRICS]["train-loss-per-epoch"]],
              "samples": int(r.content[P.METRICS][P.NUM_EXAMPLES]),
              "seconds": float(r.content[P.METRICS]["train-seconds"]), "bytes_sent": arrays.count_bytes(),
-             "bytes_received": received[node.node_id]} for node, r in valid]
+             "bytes_received": received[node.node_id],
+             **({"epsilon": float(r.content[P.METRICS][P.EPSILON]),
+                 "epsilon_next": float(r.content[P.METRICS][P.EPSILON_NEXT])} if P.EPSILON in r.content[P.METRICS] else {}),
+             } for node, r in valid]
     return valid, rows, failed, {node.node_id for node in sampled} - answered
 
 
@@ -337,7 +342,12 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
 
     model = build_model(config.model, seed=config.train.seed)
     min_train = config.federation.min_train_clients or math.ceil(len(trainers) / 2)
-    strategy = make_strategy(config.federation, min_train_nodes=min(min_train, len(trainers)))
+    privacy = RunPrivacy(config, run_dir, resume)
+    if privacy.level == "client":
+        min_train = len(trainers)  # Flower's accounting composes every site's update in every round
+    weights = P.UNIFORM_WEIGHT if privacy.level == "client" else P.NUM_EXAMPLES
+    strategy = privacy.wrap(make_strategy(config.federation, min_train_nodes=min(min_train, len(trainers)),
+                                          weighted_by_key=weights), len(trainers))
     if tracker.resumed is not None:
         global_state, saved_strategy = tracker.resumed
         restore_strategy_tensors(strategy, saved_strategy)
@@ -348,16 +358,29 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     timeout = config.federation.round_timeout_s
     traffic: dict[str, int] = {}
     ignored: set[int] = set()
+    met: set[int] = set()
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
         nodes = rejoin(grid, nodes, config, min(timeout or math.inf, config.federation.connect_timeout_s), ignored,
                        pinned)
         trainers = [n for n in nodes if n.client != config.data.unseen]
+        for node in (n for n in trainers if n.node_id not in met):  # what a node said when it was met
+            privacy.heard(node.client, node.privacy)
+            met.add(node.node_id)
+        if not privacy.next_round_allowed([n.client for n in trainers], round_):
+            break
         by_id = {n.node_id: n for n in nodes}
         valid, rows, failed, silent = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_,
                                                    min_train, resume_hint)
+        for row in rows:
+            privacy.heard(row["client"], {k.replace("_", "-"): v for k, v in row.items() if k.startswith("epsilon")})
         traffic = {"sent": rows[0]["bytes_sent"], "received": max(r["bytes_received"] for r in rows)}
         arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
+        if arrays is None:
+            raise FederationError(f"round {round_}: client-level DP aggregates every training site's update, but "
+                                  f"{len(valid)} of {len(trainers)} came back; failures: {'; '.join(failed)}. Once the "
+                                  f"sites are back, {resume_hint}")
+        privacy.save()  # the noised aggregate exists: count it before it is sent anywhere
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             for node in (n for n in nodes if n.node_id in silent):  # gone: asking again would wait once more
                 _failure(failed, node, "evaluate", "skipped: no reply to this round's train message")
@@ -365,8 +388,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
                                                round_, timeout)
             rows += eval_rows
             failed += eval_failed
+        epsilon = privacy.epsilon()
         tracker.end_round(round_, from_record(arrays), strategy_tensors(strategy), rows,
-                          time.perf_counter() - start, failed)
+                          time.perf_counter() - start, failed, {} if epsilon is None else {"epsilon": epsilon})
 
     best = tracker.best_trainable()
     final_rows, _ = _evaluate(grid, nodes, to_record(best), config, tracker.best_round or 0, timeout)
@@ -377,6 +401,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
         "bytes_per_client_per_round": traffic,
         "clients_info": {n.client: client_info(n.client, n.num_train, n.num_val, n.num_samples, config.data.unseen)
                          for n in nodes},
+        "privacy": privacy.summary(),
     })
 
 

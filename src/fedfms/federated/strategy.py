@@ -17,14 +17,17 @@ import torch
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg
 
 from fedfms.config import FederationConfig
+from fedfms.federated import protocol as P
 
 MOMENTS = ("m_t", "v_t")
 
 
-def make_strategy(cfg: FederationConfig, min_train_nodes: int) -> FedAvg:
+def make_strategy(cfg: FederationConfig, min_train_nodes: int, weighted_by_key: str = P.NUM_EXAMPLES) -> FedAvg:
     """The strategy of ``cfg.strategy``; all connected training nodes take part in every round,
-    at least ``min_train_nodes`` of them."""
-    common = dict(fraction_train=1.0, min_train_nodes=min_train_nodes, min_available_nodes=min_train_nodes)
+    at least ``min_train_nodes`` of them. ``weighted_by_key``: the reply metric that weights a
+    site in the average (its training samples; client-level DP weights sites equally)."""
+    common = dict(fraction_train=1.0, min_train_nodes=min_train_nodes, min_available_nodes=min_train_nodes,
+                  weighted_by_key=weighted_by_key)
     if cfg.strategy == "fedprox":
         return FedProx(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":

@@ -7,7 +7,9 @@ Rows (``kind``):
   bytes_received`` (bytes of parameters sent to / received from that client in the round);
 - ``eval``: scores of the global model on one client — ``round, client, role`` (``train`` or
   ``unseen``), ``split`` (``val`` or ``test``), ``dice, iou, dice_per_class, iou_per_class, images``;
-- ``round``: ``round, seconds, mean_val_dice, unseen_dice, failed`` (clients that failed and why).
+- ``round``: ``round, seconds, mean_val_dice, unseen_dice, failed`` (clients that failed and why),
+  and with differential privacy ``epsilon`` (the run's epsilon after the round, see
+  :mod:`fedfms.privacy.budget`).
 """
 
 from __future__ import annotations
@@ -150,5 +152,6 @@ def console_line(summary: dict[str, Any], train_rows: list[dict[str, Any]]) -> s
     scores = "".join(f" | {name} {summary[key]:.4f}" for name, key in (("val dice", "mean_val_dice"),
                                                                        ("unseen dice", "unseen_dice"))
                      if not math.isnan(summary[key]))
-    return (f"round {summary['round']}/{summary['rounds']} | loss {mean_loss:.4f}{scores} | "
+    epsilon = f" | epsilon {summary['epsilon']:.3g}" if summary.get("epsilon") is not None else ""
+    return (f"round {summary['round']}/{summary['rounds']} | loss {mean_loss:.4f}{scores}{epsilon} | "
             f"{summary['seconds']:.1f} s | {sent:.2f} MiB exchanged{failed}")

@@ -80,10 +80,12 @@ class RunTracker:
         logger.info("resuming %s from round %d", self.run_dir, state.round)
 
     def end_round(self, round_: int, trainable: dict[str, torch.Tensor], strategy: dict[str, torch.Tensor],
-                  rows: list[dict[str, Any]], seconds: float, failed: list[str]) -> dict[str, Any]:
-        """Log the round's rows and its summary, update the best round, checkpoint."""
+                  rows: list[dict[str, Any]], seconds: float, failed: list[str],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Log the round's rows and its summary (with ``extra`` facts, e.g. ``epsilon``), update
+        the best round, checkpoint."""
         summary = round_summary(round_, self.config.federation.rounds, rows)
-        summary.update(seconds=seconds, failed=failed)
+        summary.update(seconds=seconds, failed=failed, **(extra or {}))
         score = summary["mean_val_dice"]
         is_best = False
         if any(r["kind"] == "eval" for r in rows):

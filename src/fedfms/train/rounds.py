@@ -19,6 +19,7 @@ from torch.utils.data import ConcatDataset
 from fedfms.config import ModelConfig, RunConfig
 from fedfms.nnunet.preprocess import preprocess_cases
 from fedfms.nnunet.trainer import RoundResult, train_round
+from fedfms.privacy.dpsgd import dp_local_round
 from fedfms.train.device import resolve_device
 from fedfms.train.local import EpochResult, make_loader, train_epoch
 from fedfms.train.optimizer import default_state_root, kept_state, local_optimizer
@@ -62,9 +63,12 @@ def local_round(model: nn.Module, sites: Sequence[Site], config: RunConfig, mode
                 client: str, proximal_mu: float = 0.0) -> list[EpochResult | RoundResult]:
     """Train ``model`` in place on the training splits of ``sites`` for one round; one result per
     local epoch. ``client`` names the trainer (a site, or ``pooled``) in progress lines and keys
-    its kept optimizer state and nnU-Net folders."""
+    its kept optimizer state, nnU-Net folders and privacy accountant. With ``privacy.level:
+    record`` the round is case-level DP-SGD (:mod:`fedfms.privacy.dpsgd`)."""
     if uses_nnunet_recipe(model_cfg):
         return _nnunet_round(model, sites, config, model_cfg, round_, client)
+    if config.privacy.level == "record":
+        return dp_local_round(model, sites, config, model_cfg, round_, client)
     device = resolve_device(config.train.device)
     inputs = ConcatDataset([site_inputs(s, "train", model, config, model_cfg) for s in sites])
     loader = make_loader(inputs, config.train.batch_size, shuffle=True, seed=config.train.seed + round_,
