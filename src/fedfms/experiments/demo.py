@@ -124,9 +124,11 @@ def _unseen_predictions(run_dirs: dict[str, Path], unseen_dir: Path, count: int 
 
 
 def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None,
-             settings: DemoSettings | None = None, checkpoint: Path | None = None) -> dict[str, Any]:
-    """Run the demo's rows (finished ones are reused, interrupted ones resumed), then write the
-    report into ``out``."""
+             settings: DemoSettings | None = None, checkpoint: Path | None = None,
+             resume: bool = False, rerun: bool = False) -> dict[str, Any]:
+    """Run the demo's rows (finished ones with the same settings are reused, interrupted ones
+    resumed; ``resume`` and ``rerun`` as in :func:`fedfms.experiments.matrix.run_matrix`), then
+    write the report into ``out``."""
     settings = settings or demo_settings()
     out.mkdir(parents=True, exist_ok=True)
     root = _prepare_data(out, data_root, settings)
@@ -136,7 +138,7 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
     unseen = unseen or clients[-1].name
     num_classes = ClientDataset(clients[0]).manifest.num_classes
     experiment = demo_experiment(out, root, unseen, settings, num_classes, checkpoint)
-    run_dirs = run_matrix(experiment)
+    run_dirs = run_matrix(experiment, resume=resume, rerun=rerun)
     results = {label: load_results(run_dir) for label, run_dir in zip(experiment.models, run_dirs)}
     return write_demo_report(out, results, [c for c in clients if c.name == unseen][0])
 
