@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,18 @@ class RunTracker:
         """The global trainable tensors of the best round."""
         trainable, _ = load_best(self.run_dir)
         return trainable
+
+    def final_rows(self, clients: list[str],
+                   evaluate: Callable[[list[str]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The best round's ``eval`` row per client of ``clients``, in that order: the rows logged
+        when the round was evaluated (the model is the same, so are the scores), and
+        ``evaluate(missing)`` only for the clients the round lacks (a site that was down then, a
+        run that never evaluated). A client with neither is left out."""
+        logged = {r["client"]: r for r in read_rows(self.run_dir)
+                  if r["kind"] == "eval" and r["round"] == self.best_round}
+        missing = [c for c in clients if c not in logged]
+        fresh = {r["client"]: r for r in evaluate(missing)} if missing else {}
+        return [logged.get(c) or fresh[c] for c in clients if c in logged or c in fresh]
 
     def finish(self, final_rows: list[dict[str, Any]], class_names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
         """Write ``results.json``: the best round's scores per client, and run facts."""
