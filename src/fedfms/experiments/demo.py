@@ -25,6 +25,7 @@ from fedfms.experiments.matrix import run_matrix
 from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, write_table
 from fedfms.models import load_checkpoint
 from fedfms.run.log import write_json
+from fedfms.train.sites import check_unseen
 
 logger = logging.getLogger("fedfms")
 
@@ -136,6 +137,7 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
     if len(clients) < 2:
         raise ValueError(f"{root}: the demo needs at least 2 prepared clients, found {len(clients)}")
     unseen = unseen or clients[-1].name
+    check_unseen(unseen, [c.name for c in clients], root)
     num_classes = ClientDataset(clients[0]).manifest.num_classes
     experiment = demo_experiment(out, root, unseen, settings, num_classes, checkpoint)
     run_dirs = run_matrix(experiment, resume=resume, rerun=rerun)
