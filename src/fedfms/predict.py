@@ -149,7 +149,7 @@ class Predictor:
         depth = scaled.shape[0]
         masks = np.zeros((depth, self.num_classes, *scaled.shape[1:]), dtype=bool)  # (D, C, H, W)
         starts = range(0, depth, self.batch_size)
-        for start in tqdm(starts, desc=path.name, unit="batch", leave=False, disable=not self.progress):
+        for start in tqdm(starts, desc=path.name, unit="batch", leave=False, disable=None if self.progress else True):
             ks = range(start, min(start + self.batch_size, depth))
             masks[ks.start : ks.stop] = self.segment([slice_channels(scaled, k, self.channels) for k in ks])
         masks = np.moveaxis(masks, (0, 1), (self.axis % 3 + 1, 0))  # (C, X, Y, Z)
@@ -322,7 +322,7 @@ def predict_path(
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     failures: list[str] = []
-    for path in tqdm(files, desc="predict", unit="file", disable=not progress):
+    for path in tqdm(files, desc="predict", unit="file", disable=None if progress else True):
         try:
             written += predictor.predict_file(path, output)
         except PredictError as err:
