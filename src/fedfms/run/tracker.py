@@ -21,6 +21,7 @@ from fedfms.run.state import (
     LATEST,
     ResumeError,
     RoundState,
+    latest_kind,
     load_best,
     load_latest,
     save_round,
@@ -58,6 +59,10 @@ class RunTracker:
         self.best_scores: dict[str, float] | None = None
         self.first_round = 1
         self.resumed: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        earlier = latest_kind(run_dir)
+        if earlier is not None and earlier != kind:
+            raise ResumeError(f"{run_dir} holds a {earlier} run; this is a {kind} run, a different kind that cannot "
+                              "continue it: choose another output folder")
         if resume:
             self._resume()
         elif (run_dir / "checkpoints" / LATEST).exists():
@@ -95,7 +100,7 @@ class RunTracker:
         self.log.append([*rows, summary])
         logger.info(console_line(summary, [r for r in rows if r["kind"] == "train"]))
         state = RoundState(round=round_, best_round=self.best_round, best_score=self.best_score,
-                           best_scores=self.best_scores, config=self.config.model_dump(mode="json"))
+                           best_scores=self.best_scores, config=self.config.model_dump(mode="json"), kind=self.kind)
         save_round(self.run_dir, trainable, strategy, state, is_best=is_best)
         return summary
 
