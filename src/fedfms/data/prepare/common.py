@@ -79,7 +79,7 @@ def write_samples(
     unit: str = "file",
 ) -> PrepareReport:
     """Convert every unit, resize, write; publish the client only if ``problems`` stays empty.
-    The progress bar (only on a terminal) counts ``unit``\ s.
+    The progress bar (only on a terminal) counts in ``unit`` (file, case, volume, image).
 
     Raises :class:`~fedfms.data.validate.DataValidationError` listing every problem; the target
     folder is then left as it was.
