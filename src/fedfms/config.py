@@ -394,7 +394,8 @@ class ExperimentConfig(_Strict):
     every cell takes it, sets the model of its row (see :mod:`fedfms.experiments.matrix`) and
     one unseen client, and writes to ``output_dir/<row>/<unseen>/``. ``backbones`` says which
     SAM backbone the rows' ``base`` (SAM, MSA) and ``large`` (MSA-L) sizes mean (ViT-B and ViT-L
-    as in the paper; ``tiny`` for a quick CPU matrix). ``weights`` gives the pretrained SAM
+    as in the paper; ``tiny`` for a quick CPU matrix); left unset, ``base`` is
+    ``base.model.backbone`` (default ``vit_b``) and ``large`` is ``vit_l``. ``weights`` gives the pretrained SAM
     file per backbone for the rows that start from SAM. ``unseen`` lists the
     folds (default: every client). ``paper`` names the dataset of the paper's Table 1 whose
     figures a report shows beside ours.
@@ -416,7 +417,25 @@ class ExperimentConfig(_Strict):
             if key in self.base:
                 raise ValueError(f"base.{key} is set per cell; remove it")
         _validate({**self.base, "name": self.name}, source="base")
+        named = _base_backbone(self.base)
+        if named is not None and self.backbones["base"] != named:
+            raise ValueError(f"base.model.backbone {named} contradicts backbones.base {self.backbones['base']}: "
+                             f"the rows' backbone is set by backbones: {{base: {named}, large: ...}}; "
+                             "remove one of them")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbones_from_base(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backbones") is None and _base_backbone(data.get("base")):
+            return {**data, "backbones": {"base": _base_backbone(data["base"]), "large": "vit_l"}}
+        return data
+
+
+def _base_backbone(base: Any) -> str | None:
+    """``base.model.backbone`` of an experiment's base run, if it names one."""
+    model = base.get("model") if isinstance(base, dict) else None
+    return model.get("backbone") if isinstance(model, dict) else None
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:

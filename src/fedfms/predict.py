@@ -27,6 +27,9 @@ Outputs (one per input, same file name, in the output folder; written by
 * image in -> ``<stem>.png`` of the input's size: a palette PNG whose pixel values are the same
   labels (0 background, ``c + 1``) and whose palette shows them in colour. ``multi_channel``:
   ``<stem>_class<c+1>.png`` per class, 0 / 255.
+* with ``overlay``, for a person checking the masks: ``overlays/<stem>.png``, the input with
+  each class outlined in a bright colour (:func:`overlay_image`); for a volume, its slice with
+  the most foreground, ``overlays/<stem>_slice<k>.png``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ _COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (25
 _PALETTE = [v for i in range(256) for v in _COLOURS[i % len(_COLOURS)]]
 
 
+OVERLAY_DIR = "overlays"
+#: Outline colours of classes 1, 2, ... in overlays: bright hues that stand out on tissue reds and on grey scans.
+OUTLINE_COLOURS = [(0, 183, 255), (0, 255, 102), (255, 255, 0), (255, 0, 255)]
+
+
 class PredictError(FedfmsError, ValueError):
     """An input that cannot be predicted (or an output that cannot be written); names the file."""
 
@@ -65,6 +73,36 @@ def labels_from_masks(masks: np.ndarray) -> np.ndarray:
     for c, mask in enumerate(masks):
         labels[mask] = c + 1
     return labels
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """``(H, W)`` bool -> the pixels of ``mask`` within ``width`` pixels of its border."""
+    inner = mask
+    for _ in range(width):
+        padded = np.pad(inner, 1)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay_image(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``image (K, H, W)`` in [0, 1] (K = 1 or 3) and ``masks (C, H, W)`` bool -> ``(H, W, 3)``
+    uint8: the image with the border of each class drawn in its colour (``OUTLINE_COLOURS``),
+    about 1/256 of the image side thick."""
+    rgb = np.repeat(image, 3 // image.shape[0], axis=0)
+    out = np.round(np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8)
+    width = max(1, round(max(image.shape[1:]) / 256))
+    for c, mask in enumerate(masks):
+        out[outline(mask, width)] = OUTLINE_COLOURS[c % len(OUTLINE_COLOURS)]
+    return out
+
+
+def write_overlay(image: np.ndarray, masks: np.ndarray, target: Path) -> None:
+    """Write :func:`overlay_image` as an RGB PNG at ``target`` (its folder made if needed)."""
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(overlay_image(image, masks))
+    atomic_write(target, lambda stream: picture.save(stream, format="PNG"))
 
 
 def _raise_problems(problems: Problems) -> None:
@@ -110,6 +148,7 @@ class Predictor:
     progress: bool = True
     tile: int | None = None
     tile_overlap: float = 0.25
+    overlay: bool = False
 
     def segment(self, slices: Sequence[np.ndarray]) -> np.ndarray:
         """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3, one ``(H, W)``) ->
@@ -149,9 +188,11 @@ class Predictor:
         depth = scaled.shape[0]
         masks = np.zeros((depth, self.num_classes, *scaled.shape[1:]), dtype=bool)  # (D, C, H, W)
         starts = range(0, depth, self.batch_size)
-        for start in tqdm(starts, desc=path.name, unit="batch", leave=False, disable=not self.progress):
+        for start in tqdm(starts, desc=path.name, unit="batch", leave=False, disable=None if self.progress else True):
             ks = range(start, min(start + self.batch_size, depth))
             masks[ks.start : ks.stop] = self.segment([slice_channels(scaled, k, self.channels) for k in ks])
+        if self.overlay:
+            self._overlay_volume(path, scaled, masks, out_dir)
         masks = np.moveaxis(masks, (0, 1), (self.axis % 3 + 1, 0))  # (C, X, Y, Z)
         if self.multi_channel:
             out = np.moveaxis(masks, 0, -1).astype(np.uint8)  # (X, Y, Z, C)
@@ -173,7 +214,10 @@ class Predictor:
         problems = Problems()
         image = read_image(path, problems)
         _raise_problems(problems)
-        masks = self.segment([image_to_unit(image, self.upper_percentile)])[0]  # (C, H, W)
+        unit = image_to_unit(image, self.upper_percentile)
+        masks = self.segment([unit])[0]  # (C, H, W)
+        if self.overlay:
+            write_overlay(unit, masks, out_dir / OVERLAY_DIR / f"{split_suffix(path)[0]}.png")
         if self.multi_channel:
             pngs = [Image.fromarray(m.astype(np.uint8) * 255) for m in masks]
         else:
@@ -183,6 +227,11 @@ class Predictor:
         for target, png in zip(targets, pngs, strict=True):
             atomic_write(target, lambda stream, png=png: png.save(stream, format="PNG"))
         return targets
+
+    def _overlay_volume(self, path: Path, scaled: np.ndarray, masks: np.ndarray, out_dir: Path) -> None:
+        """The overlay of the slice with the most foreground: ``scaled (D, H, W)``, ``masks (D, C, H, W)``."""
+        k = int(masks.reshape(len(masks), -1).sum(axis=1).argmax())
+        write_overlay(scaled[k][None], masks[k], out_dir / OVERLAY_DIR / f"{split_suffix(path)[0]}_slice{k}.png")
 
     def output_paths(self, path: Path, out_dir: Path) -> list[Path]:
         """Where the mask(s) of input ``path`` go: the same NIfTI name; ``<stem>.png`` for an
@@ -291,13 +340,15 @@ def predict_path(
     progress: bool = True,
     tile: int | None = None,
     tile_overlap: float = 0.25,
+    overlay: bool = False,
 ) -> list[Path]:
     """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images) with the
     model in ``checkpoint`` and write them into the folder ``output``; returns the written files.
 
     ``tile``: the side, in the input's pixels, of the tiles the model was trained on (``fedfms
     prepare ... --tile``); larger inputs are then predicted window by window
-    (:func:`sliding_window_probabilities`). Every input is tried; if some fail, :class:`PredictError` lists each failed file and why
+    (:func:`sliding_window_probabilities`). ``overlay``: also write ``output/overlays/`` (see the
+    module docstring). Every input is tried; if some fail, :class:`PredictError` lists each failed file and why
     (the others' masks are written).
     """
     from tqdm import tqdm
@@ -317,12 +368,13 @@ def predict_path(
     predictor = load_predictor(
         checkpoint, device, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
         multi_channel=multi_channel, batch_size=batch_size, progress=progress, tile=tile, tile_overlap=tile_overlap,
+        overlay=overlay,
     )
     check_outputs(files, output, predictor)
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     failures: list[str] = []
-    for path in tqdm(files, desc="predict", unit="file", disable=not progress):
+    for path in tqdm(files, desc="predict", unit="file", disable=None if progress else True):
         try:
             written += predictor.predict_file(path, output)
         except PredictError as err:
@@ -348,6 +400,7 @@ def predict_command(
     tile: Annotated[int | None, typer.Option(help="Side in input pixels of the tiles the model was trained on "
                                              "(prepare's --tile): larger inputs are predicted window by window.")] = None,
     tile_overlap: Annotated[float, typer.Option(help="With --tile: overlap of neighbouring windows, fraction of a side.")] = 0.25,
+    overlay: Annotated[bool, typer.Option(help="Also write OUTPUT/overlays/: each input with the predicted classes outlined.")] = False,
 ) -> None:
     """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
     shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
@@ -357,9 +410,10 @@ def predict_command(
         written = predict_path(
             checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
             upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
-            progress=progress, tile=tile, tile_overlap=tile_overlap,
+            progress=progress, tile=tile, tile_overlap=tile_overlap, overlay=overlay,
         )
     except (PredictError, CheckpointError) as err:
         typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{len(written)} mask file(s) written to {output}")
+    typer.echo(f"{len(written)} mask file(s) written to {output}"
+               + (f"; overlays in {output / OVERLAY_DIR}" if overlay else ""))

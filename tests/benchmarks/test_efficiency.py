@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from torch.nn.modules.module import register_module_forward_hook
 
 from fedfms.benchmarks.efficiency import (
     efficiency_command,
@@ -16,6 +17,7 @@ from fedfms.benchmarks.efficiency import (
     run_efficiency,
 )
 from fedfms.config import ModelConfig
+from fedfms.models import build_model
 
 POSITIVE = (
     "total_params", "learnable_params", "bytes_up_per_round", "bytes_up_down_per_round", "train_step_seconds",
@@ -95,3 +97,19 @@ def test_measured_rounds_report_real_time_bytes_and_memory(tmp_path: Path) -> No
     assert result["download_bytes_per_client"] == result["upload_bytes_per_client"] == result["bytes_up_per_round"]
     assert result["peak_rss_tree_mib"] >= result["peak_rss_process_mib"] > 0 and result["peak_cuda_used_mib"] is None
     assert "Measured s / round" in measured_markdown([result])
+
+
+def test_decoder_mode_times_steps_on_cached_embeddings_and_the_encoder_once() -> None:
+    encoder_class = type(build_model(_tiny("decoder")).image_encoder)
+    calls = []
+    handle = register_module_forward_hook(lambda module, *_: calls.append(1) if type(module) is encoder_class else None)
+    try:
+        result = measure_efficiency(_tiny("decoder"), batch_size=2, device="cpu", steps=2, predict_images=1)
+    finally:
+        handle.remove()
+    # 1 embedding batch (4 images), 1 FLOP count, 2 predictions: no training step runs the encoder
+    assert len(calls) == 4
+    assert result["trained_on"] == "cached embeddings" and result["embedding_seconds_per_image"] > 0
+    table = efficiency_markdown([result], rounds=10, train_clients=3)
+    total = 3 * (10 * result["round_seconds"] + 669 * result["embedding_seconds_per_image"]) / 60
+    assert f"| {total:,.1f} |" in table and "steps train the decoder on cached image embeddings" in table

@@ -44,3 +44,15 @@ def test_models_command_prints_every_mode(capsys) -> None:
     assert "93,735,477" in out and "93.7M" in out
     assert "11,165,493" in out and "14.7M" in out
     assert all(f"\n{mode} " in out for mode in ("sam", "msa", "lora"))
+
+
+def test_every_column_of_the_models_table_has_a_header_over_it(capsys) -> None:
+    models_command(backbone="vit_b")
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[1], lines[2:6]
+    assert header.split() == ["mode", "total", "trainable", "rounded", "MB-up/round", "up+down"]
+    for row in rows:
+        cells = row.split()
+        assert len(cells) == len(header.split())
+        for name, cell in zip(header.split()[1:], cells[1:]):  # right-aligned under its header
+            assert row.index(cell, header.index(name) - 12) + len(cell) == header.index(name) + len(name)

@@ -48,7 +48,7 @@ def test_tracker_refuses_to_overwrite_and_to_resume_with_another_config(tmp_path
     with pytest.raises(ResumeError, match="--resume"):
         RunTracker(config, config.output_dir, kind="centralized")
     with pytest.raises(ResumeError, match="resume=true in flwr run's --run-config"):  # a deployment's words
-        RunTracker(config, config.output_dir, kind="federated", resume_hint=RESUME_DEPLOYMENT)
+        RunTracker(config, config.output_dir, kind="centralized", resume_hint=RESUME_DEPLOYMENT)
     with pytest.raises(ResumeError, match="configuration differs"):
         RunTracker(_config(tmp_path, lr=1e-3), config.output_dir, kind="centralized", resume=True)
     resumed = RunTracker(_config(tmp_path, rounds=5), config.output_dir, kind="centralized", resume=True)

@@ -5,7 +5,10 @@ import pytest
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
 from fedfms.data import load_split, make_synthetic_federation
 from fedfms.run.log import read_rows
+from fedfms.run.tracker import RunTracker
+from fedfms.train import centralized
 from fedfms.train.centralized import train_centralized
+from fedfms.train.sites import score_site
 
 
 @pytest.fixture
@@ -54,3 +57,32 @@ def test_pooled_nnunet_with_overlapping_classes_trains_either_recipe(config, tmp
     cases = list((tmp_path / "state" / "nnunet").glob("*/preprocessed/*/nnUNetPlans_2d/*.pkl"))
     assert len(cases) == (pooled if recipe == "nnunet" else 0)
     assert len(results["clients"]["site-B"]["dice_per_class"]) == 2
+
+
+def test_final_scores_are_the_best_rounds_logged_evaluation_not_a_second_one(config, monkeypatch):
+    scored = []
+
+    def counting(model, site, run_config, model_cfg=None):
+        scored.append(site.name)
+        return score_site(model, site, run_config, model_cfg)
+
+    monkeypatch.setattr(centralized, "score_site", counting)
+    results = train_centralized(config)
+    assert scored == ["site-A", "site-B", "site-C"] * 2  # rounds 1 and 2 only
+    logged = {r["client"]: r["dice"] for r in read_rows(config.output_dir)
+              if r["kind"] == "eval" and r["round"] == results["best_round"]}
+    assert {c: s["dice"] for c, s in results["clients"].items()} == logged
+
+
+def test_a_client_missing_from_the_best_rounds_log_alone_is_scored_again(config):
+    train_centralized(config)
+    tracker = RunTracker(config, config.output_dir, kind="centralized", resume=True)
+    asked = []
+
+    def evaluate(missing):
+        asked.extend(missing)
+        return [{"kind": "eval", "client": c, "dice": 0.5} for c in missing]
+
+    rows = tracker.final_rows(["site-A", "site-Z", "site-B"], evaluate)
+    assert asked == ["site-Z"] and [r["client"] for r in rows] == ["site-A", "site-Z", "site-B"]
+    assert rows[0]["round"] == tracker.best_round

@@ -3,6 +3,9 @@ on changes (tiny SAM in decoder mode; the cache is the same for every backbone).
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +76,15 @@ def test_decoder_mode_batches_give_the_same_logits_as_images(tmp_path: Path) -> 
         from_cache = model.classify(torch.stack([cached[i]["embedding"] for i in range(2)]))
     assert from_cache.shape == from_images.shape == (2, 1, 16, 16)
     assert torch.allclose(from_cache, from_images, atol=1e-2)
+
+
+def test_the_logged_time_is_the_time_the_embeddings_took(tmp_path: Path, caplog) -> None:
+    images, model = _dataset(tmp_path / "data", count=6), _model()
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="fedfms"):
+        cached_embeddings(images, model, tmp_path / "cache", CPU, torch.float32)
+    wall = time.perf_counter() - started
+    [line] = [r.getMessage() for r in caplog.records if "embeddings in" in r.getMessage()]
+    seconds, per_image = map(float, re.fullmatch(r"embeddings: 6 embeddings in ([\d.]+) s \(([\d.]+) s per image\)",
+                                                 line).groups())
+    assert 0 <= seconds <= wall + 0.05 and abs(per_image - seconds / 6) < 0.01

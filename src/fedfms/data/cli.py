@@ -18,13 +18,15 @@ prepare_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc
 Src = Annotated[Path, typer.Argument(help="source folder", exists=True, file_okay=False)]
 Out = Annotated[Path, typer.Argument(help="folder of prepared clients (created if needed)")]
 Client = Annotated[str | None, typer.Option(help="client (site) name; default: the source folder's name")]
-ImageSize = Annotated[int, typer.Option(help="stored image side (bilinear)")]
-MaskSize = Annotated[int, typer.Option(help="stored mask side (nearest)")]
+ImageSize = Annotated[int, typer.Option(help="stored image side (bilinear): store what the backbone takes, 1024 for "
+                                              "SAM's ViTs (the default), 256 for LiteMedSAM")]
+MaskSize = Annotated[int, typer.Option(help="stored mask side (nearest): 256 for SAM's ViTs (the default) and for "
+                                            "LiteMedSAM")]
 Overwrite = Annotated[bool, typer.Option(help="replace an existing client (only once preparation succeeded)")]
 Append = Annotated[bool, typer.Option(help="add samples to an existing client with the same classes and sizes")]
 Limit = Annotated[int | None, typer.Option(help="only the first N volumes / pairs / cases (quick trials)")]
 SkipUnpaired = Annotated[bool, typer.Option(help="skip images without masks (and masks without images) with a warning")]
-Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Progress = Annotated[bool, typer.Option(help="show a progress bar (only on a terminal)")]
 Tile = Annotated[int | None, typer.Option(help="cut each image into square tiles of this side before resizing (default: resize whole)")]
 
 
@@ -114,7 +116,7 @@ def images_command(
     src: Src,
     out: Out,
     client: Client = None,
-    preset: Annotated[str | None, typer.Option(help="palette-disc-cup | grey-disc-cup | rgb-cup0-disc128 | palette-rim-cup | grey-rim-cup | rgb-cup0-rim128 | disc-threshold | inverted-binary | binary | nonzero (the default without --preset/--encoding: any non-zero value is foreground; refused for JPEG masks, whose compression noise would count)")] = None,
+    preset: Annotated[str | None, typer.Option(help="palette-disc-cup | grey-disc-cup | rgb-cup0-disc128 | palette-rim-cup | grey-rim-cup | rgb-cup0-rim128 | threshold (binary, foreground above 127; name the class with --classes) | disc-threshold | inverted-binary | binary | nonzero (the default without --preset/--encoding: any non-zero value is foreground; refused for JPEG masks, whose compression noise would count)")] = None,
     classes: Annotated[str | None, typer.Option(help="class names, comma separated (e.g. disc,cup)")] = None,
     encoding: Annotated[str | None, typer.Option(help="levels | binary | threshold | nonzero")] = None,
     levels: Annotated[str | None, typer.Option(help="mask value -> classes, e.g. '0=,1=disc,2=disc+cup'")] = None,
@@ -238,8 +240,8 @@ def synthetic_command(
     out: Out,
     clients: Annotated[int, typer.Option(help="number of sites")] = 4,
     classes: Annotated[int, typer.Option(help="1 (disc) or 2 (disc + nested cup)")] = 1,
-    image_size: ImageSize = 64,
-    mask_size: MaskSize = 16,
+    image_size: Annotated[int, typer.Option(help="stored image side")] = 64,
+    mask_size: Annotated[int, typer.Option(help="stored mask side")] = 16,
     samples: Annotated[int | None, typer.Option(help="samples per site (default: differs per site)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     raw: Annotated[str | None, typer.Option(help="write raw source files instead: nifti | png")] = None,

@@ -91,12 +91,14 @@ class ClientWriter:
         self._new: list[SampleRecord] = []
         self._dir: Path | None = None
         self._lock: int | None = None
+        self._made_root = False
 
     @property
     def samples_written(self) -> int:
         return len(self._new)
 
     def __enter__(self) -> ClientWriter:
+        self._made_root = not self.out_root.exists()
         self._lock = lock_folder(output_folder(self.out_root))
         try:
             self._open()
@@ -165,6 +167,9 @@ class ClientWriter:
                 self._publish()
         finally:
             self._unlock()
+            if exc_type is not None and self._made_root:
+                with contextlib.suppress(OSError):  # a preparation that wrote nothing leaves no empty folder
+                    self.out_root.rmdir()
 
     def _discard(self) -> None:
         if self._dir == self.final_dir:

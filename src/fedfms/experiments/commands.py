@@ -23,6 +23,15 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
     return parsed
 
 
+_RESUME_HELP = "Extend finished runs to more rounds (only --rounds / federation.rounds may have grown)."
+_RERUN_HELP = "Run again from scratch the runs whose settings changed (their folders are replaced)."
+
+
+def _one_way(resume: bool, rerun: bool) -> None:
+    if resume and rerun:
+        raise typer.BadParameter("--resume extends finished runs, --rerun replaces them: give one of them")
+
+
 def train_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (YAML).")],
     centralized: Annotated[bool, typer.Option(help="Train on the pooled data instead of federating.")] = False,
@@ -55,10 +64,14 @@ def demo_command(
     rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (= centralized epochs); default 12 (tiny: 30).")] = None,
     image_size: Annotated[int | None, typer.Option(min=32, help="Input side of the tiny SAM; default 128.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Pretrained weights of a SAM backbone (litemedsam: default the bundled ones).")] = None,
+    resume: Annotated[bool, typer.Option(help=_RESUME_HELP)] = False,
+    rerun: Annotated[bool, typer.Option(help=_RERUN_HELP)] = False,
 ) -> None:
     """Fine-tune pretrained LiteMedSAM across a synthetic 4-site federation, one site unseen:
     federated, centralized and federated from random initialisation; then write a per-client
-    Dice/IoU table, results.json, report.md and PNG plots."""
+    Dice/IoU table, results.json, report.md and PNG plots. Runs finished in OUT with the same
+    settings are reused; with other settings the demo stops and says which differ."""
+    _one_way(resume, rerun)
     if backbone not in get_args(Backbone):
         raise typer.BadParameter(f"--backbone {backbone!r}: expected one of {', '.join(get_args(Backbone))}")
     if mode is not None and mode not in get_args(FineTuneMode):
@@ -67,22 +80,27 @@ def demo_command(
     from fedfms.experiments.demo import demo_settings, run_demo
 
     chosen = {k: v for k, v in (("rounds", rounds), ("image_size", image_size), ("mode", mode)) if v is not None}
-    run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=demo_settings(backbone, **chosen))
+    run_demo(out, data_root=data, unseen=unseen, checkpoint=checkpoint, settings=demo_settings(backbone, **chosen),
+             resume=resume, rerun=rerun)
     typer.echo(f"report: {out / 'report.md'}")
 
 
 def experiment_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Experiment configuration (YAML, see configs/).")],
+    resume: Annotated[bool, typer.Option(help=_RESUME_HELP)] = False,
+    rerun: Annotated[bool, typer.Option(help=_RERUN_HELP)] = False,
 ) -> None:
     """Run a dataset's matrix of models x unseen clients (the paper's Table 1); finished cells
-    are skipped, interrupted ones resumed; then write the report into OUTPUT_DIR/report."""
+    are skipped, interrupted ones resumed, and a finished cell whose settings changed is refused
+    (--resume, --rerun); then write the report into OUTPUT_DIR/report."""
+    _one_way(resume, rerun)
     console_logging()
     from fedfms.config import load_experiment
     from fedfms.experiments.matrix import run_matrix
     from fedfms.experiments.report import write_loco_report
 
     experiment = load_experiment(config)
-    run_matrix(experiment)
+    run_matrix(experiment, resume=resume, rerun=rerun)
     typer.echo(write_loco_report([experiment.output_dir], experiment.output_dir / "report", experiment.paper))
 
 

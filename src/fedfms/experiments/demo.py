@@ -22,9 +22,10 @@ import torch
 from fedfms.config import ExperimentConfig
 from fedfms.data import ClientDataset, find_clients, make_synthetic_federation
 from fedfms.experiments.matrix import run_matrix
-from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, write_table
+from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, row_order, write_table
 from fedfms.models import load_checkpoint
 from fedfms.run.log import write_json
+from fedfms.train.sites import check_unseen
 
 logger = logging.getLogger("fedfms")
 
@@ -124,9 +125,11 @@ def _unseen_predictions(run_dirs: dict[str, Path], unseen_dir: Path, count: int 
 
 
 def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None,
-             settings: DemoSettings | None = None, checkpoint: Path | None = None) -> dict[str, Any]:
-    """Run the demo's rows (finished ones are reused, interrupted ones resumed), then write the
-    report into ``out``."""
+             settings: DemoSettings | None = None, checkpoint: Path | None = None,
+             resume: bool = False, rerun: bool = False) -> dict[str, Any]:
+    """Run the demo's rows (finished ones with the same settings are reused, interrupted ones
+    resumed; ``resume`` and ``rerun`` as in :func:`fedfms.experiments.matrix.run_matrix`), then
+    write the report into ``out``."""
     settings = settings or demo_settings()
     out.mkdir(parents=True, exist_ok=True)
     root = _prepare_data(out, data_root, settings)
@@ -134,10 +137,12 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
     if len(clients) < 2:
         raise ValueError(f"{root}: the demo needs at least 2 prepared clients, found {len(clients)}")
     unseen = unseen or clients[-1].name
+    check_unseen(unseen, [c.name for c in clients], root)
     num_classes = ClientDataset(clients[0]).manifest.num_classes
     experiment = demo_experiment(out, root, unseen, settings, num_classes, checkpoint)
-    run_dirs = run_matrix(experiment)
-    results = {label: load_results(run_dir) for label, run_dir in zip(experiment.models, run_dirs)}
+    run_dirs = run_matrix(experiment, resume=resume, rerun=rerun)
+    by_label = dict(zip(experiment.models, run_dirs))
+    results = {label: load_results(by_label[label]) for label in row_order(experiment.models)}
     return write_demo_report(out, results, [c for c in clients if c.name == unseen][0])
 
 
@@ -147,7 +152,8 @@ def write_demo_report(out: Path, results: dict[str, dict[str, Any]], unseen_dir:
     table = write_table(list(results.items()), out)
     run_dirs = [Path(r["run_dir"]) for r in results.values()]
     plot_dice_per_round(run_dirs, labels, out / "dice_per_round.png")
-    plot_overlays(*_unseen_predictions(dict(zip(labels, run_dirs)), unseen_dir), out / "overlays.png")
+    plot_overlays(*_unseen_predictions(dict(zip(labels, run_dirs)), unseen_dir), out / "overlays.png",
+                  class_names=next(iter(results.values()))["class_names"])
     write_json(out / "results.json", results)
     unseen = next(iter(results.values()))["unseen"]
     lines = [

@@ -6,11 +6,15 @@ interrupted matrix continues where it stopped."""
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedfms.config import LITEMEDSAM_IMAGE_SIZE, ConfigError, ExperimentConfig, ModelConfig, RunConfig
+from fedfms.errors import FedfmsError
 from fedfms.federated.simulation import simulate
 from fedfms.run.state import LATEST
 from fedfms.run.tracker import RESULTS
@@ -91,16 +95,77 @@ def folds(experiment: ExperimentConfig) -> list[str]:
     return base.data.clients or [p.name for p in ordered_clients(base.data)]
 
 
-def run_matrix(experiment: ExperimentConfig) -> list[Path]:
-    """Run every cell not finished yet; returns the cells' run folders."""
+class StaleCellError(FedfmsError, ValueError):
+    """A cell's folder holds a run made with another configuration than the one asked for."""
+
+
+def _differences(stored: Any, asked: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configuration trees, as ``key old -> new``."""
+    if isinstance(stored, dict) and isinstance(asked, dict):
+        return [change for key in sorted(set(stored) | set(asked))
+                for change in _differences(stored.get(key), asked.get(key), f"{prefix}{key}.")]
+    return [] if stored == asked else [f"{prefix.rstrip('.')} {stored!r} -> {asked!r}"]
+
+
+def _normalised(tree: dict[str, Any], asked: RunConfig) -> dict[str, Any]:
+    """A run's configuration without what the run itself fills in: nnU-Net's plan, and the
+    client list a simulation writes down when ``data.clients`` was left unset."""
+    tree = {**tree, "model": {**tree["model"], "nnunet": {**tree["model"]["nnunet"], "plan": None}},
+            "data": dict(tree["data"])}
+    if asked.data.clients is None:
+        tree["data"]["clients"] = None
+    return tree
+
+
+def cell_changes(config: RunConfig) -> list[str]:
+    """How ``config`` differs from the configuration its folder's run was made with (empty if
+    the folder holds no run, or one of this configuration)."""
+    stored = config.output_dir / "config.yaml"
+    if not stored.exists():
+        return []
+    asked = _normalised(config.model_dump(mode="json"), config)
+    return _differences(_normalised(yaml.safe_load(stored.read_text()), config), asked)
+
+
+def _decide(config: RunConfig, label: str, unseen: str, resume: bool, rerun: bool) -> str:
+    """What to do with one cell: ``skip``, ``start``, ``resume`` or ``rerun``; a finished cell
+    asked with other settings is refused unless ``resume`` (only more rounds) or ``rerun``."""
+    finished = (config.output_dir / RESULTS).exists()
+    started = (config.output_dir / "checkpoints" / LATEST).exists()
+    if not started and not finished:
+        return "start"
+    changes = cell_changes(config)
+    if not changes:
+        return "skip" if finished else "resume"
+    if rerun:
+        return "rerun"
+    stored_rounds = yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"]
+    more_rounds = len(changes) == 1 and changes[0].startswith("federation.rounds ") \
+        and config.federation.rounds > stored_rounds
+    if more_rounds and (resume or not finished):
+        return "resume"
+    extend = "--resume to extend it to more rounds, " if more_rounds else ""
+    raise StaleCellError(f"{config.output_dir} ({label}, unseen {unseen}) holds a run made with other settings: "
+                         f"{'; '.join(changes)}. Use {extend}another output folder, or --rerun to run it again "
+                         "from scratch (its folder is replaced)")
+
+
+def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool = False) -> list[Path]:
+    """Run every cell not finished yet; returns the cells' run folders. A finished cell whose
+    stored configuration differs from the one asked is refused (:class:`StaleCellError`) before
+    any cell runs, unless ``resume`` (the cell's ``federation.rounds`` grew: it continues) or
+    ``rerun`` (the cell is run again from scratch)."""
     cells = [(label, unseen) for unseen in folds(experiment) for label in experiment.models]
     configs = [cell_config(experiment, label, unseen) for label, unseen in cells]  # all errors before any run
-    for index, ((label, unseen), config) in enumerate(zip(cells, configs), start=1):
-        if (config.output_dir / RESULTS).exists():
-            logger.info("cell %d/%d %s, unseen %s: finished, skipped", index, len(cells), label, unseen)
+    actions = [_decide(config, label, unseen, resume, rerun) for (label, unseen), config in zip(cells, configs)]
+    for index, ((label, unseen), config, action) in enumerate(zip(cells, configs, actions), start=1):
+        logger.info("cell %d/%d %s, unseen %s: %s", index, len(cells), label, unseen,
+                    {"skip": "finished, skipped", "start": "starting", "resume": "resuming",
+                     "rerun": "settings changed, running again"}[action])
+        if action == "skip":
             continue
-        resume = (config.output_dir / "checkpoints" / LATEST).exists()
-        logger.info("cell %d/%d %s, unseen %s: %s", index, len(cells), label, unseen, "resuming" if resume else "starting")
+        if action == "rerun":
+            shutil.rmtree(config.output_dir)
         runner = simulate if ROWS[label].federated else train_centralized
-        runner(config, resume=resume)
+        runner(config, resume=action == "resume")
     return [config.output_dir for config in configs]

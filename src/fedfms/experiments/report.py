@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from fedfms.errors import FedfmsError
@@ -32,6 +33,18 @@ def load_results(run_dir: Path) -> dict[str, Any]:
 
 def _fmt(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def row_order(labels: Sequence[str]) -> list[str]:
+    """The one row order of every table and plot: rows grouped by model (in order of first
+    appearance), within a model pretrained before random initialisation (``-PT``) and
+    federated before centralized, e.g. FedDecoder, Decoder, FedDecoder-PT."""
+    def family(label: str) -> str:
+        return label.removeprefix("Fed").removesuffix("-PT")
+
+    families = list(dict.fromkeys(family(label) for label in labels))
+    return sorted(dict.fromkeys(labels), key=lambda label: (families.index(family(label)), label.endswith("-PT"),
+                                                             not label.startswith("Fed")))
 
 
 def table_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
@@ -73,59 +86,102 @@ def _write_table_files(header: list[str], rows: list[list[str]], out_dir: Path) 
 
 
 def _round_panels(count: int) -> tuple[Figure, list]:
-    fig = Figure(figsize=(4.2 * count, 3.4))
+    fig = Figure(figsize=(4.2 * count + 1.6, 3.4))
     return fig, list(fig.subplots(1, count, squeeze=False, sharey=True)[0])
 
 
-def _save_round_panels(fig: Figure, axes: list, path: Path) -> None:
+def _mark_best(ax, rows: list[dict[str, Any]], best_round: int | None, colour: Any) -> None:
+    """A star on ``rows``' curve at the best round (the round whose model the tables score)."""
+    at_best = [r["dice"] for r in rows if r["round"] == best_round]
+    if at_best:
+        ax.plot([best_round], at_best, "*", ms=11, color=colour, markeredgecolor="black", zorder=5)
+
+
+def _save_round_panels(fig: Figure, axes: list, path: Path) -> Figure:
+    """Integer round ticks (only the rounds there are when there are few), the legend beside
+    the last panel where it hides no curve, a star legend entry for the best round."""
     for ax in axes:
+        rounds = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
+        if len(rounds) <= 5:
+            ax.set_xticks(rounds)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    axes[-1].plot([], [], "*", ms=11, color="white", markeredgecolor="black", label="best round (scored in the table)")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
 
 
-def plot_dice_per_round(run_dirs: Sequence[Path], labels: Sequence[str], path: Path) -> None:
-    """One panel per run: Dice of the global model per round for each client."""
+def _best_round(run_dir: Path) -> int | None:
+    path = run_dir / RESULTS
+    return json.loads(path.read_text())["best_round"] if path.exists() else None
+
+
+def plot_dice_per_round(run_dirs: Sequence[Path], labels: Sequence[str], path: Path) -> Figure:
+    """One panel per run: Dice of the global model per round for each client, the best round
+    starred."""
     fig, axes = _round_panels(len(run_dirs))
     for ax, run_dir, label in zip(axes, run_dirs, labels):
         rows = [r for r in read_rows(run_dir) if r["kind"] == "eval"]
+        best = _best_round(run_dir)
         for client in sorted({r["client"] for r in rows}):
             mine = [r for r in rows if r["client"] == client]
             style = "--" if mine[0]["role"] == "unseen" else "-"
-            ax.plot([r["round"] for r in mine], [r["dice"] for r in mine], style, marker="o", ms=3,
-                    label=f"{client}{' (unseen)' if mine[0]['role'] == 'unseen' else ''}")
-        ax.set_title(label)
-    _save_round_panels(fig, axes, path)
+            [line] = ax.plot([r["round"] for r in mine], [r["dice"] for r in mine], style, marker="o", ms=3,
+                             label=f"{client}{' (unseen)' if mine[0]['role'] == 'unseen' else ''}")
+            _mark_best(ax, mine, best, line.get_color())
+        ax.set_title(f"{label} (best round {best})" if best is not None else label)
+    return _save_round_panels(fig, axes, path)
 
 
-def plot_overlays(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], path: Path) -> None:
-    """One row per sample: image | ground truth | each model's prediction.
+#: Outline colours of the overlays, chosen to stand out on red-orange tissue and on grey scans.
+TRUTH_COLOUR, PREDICTION_COLOUR = "#00ff66", "#00b7ff"
+CLASS_STYLES = ("solid", "dashed", "dotted")
 
-    images: (N, H, W, 3) in [0, 1]; truths and every prediction: (N, C, h, w) in {0, 1}, drawn as
-    translucent colour fills (one colour per class) scaled onto the image.
+
+def _outline(ax, masks: np.ndarray, colour: str, image_shape: tuple[int, ...]) -> None:
+    """Contours of each class of ``masks`` (C, h, w), scaled onto an image of ``image_shape``
+    (mask pixel centres placed on the image's pixel grid)."""
+    h, w = masks.shape[1:]
+    xs = (np.arange(w) + 0.5) * image_shape[1] / w - 0.5
+    ys = (np.arange(h) + 0.5) * image_shape[0] / h - 0.5
+    for c, mask in enumerate(masks):
+        if mask.any() and not mask.all():
+            ax.contour(xs, ys, mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.4,
+                       linestyles=CLASS_STYLES[c % len(CLASS_STYLES)])
+
+
+def plot_overlays(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], path: Path,
+                  class_names: Sequence[str] = ()) -> Figure:
+    """One row per sample: the image, then each model's prediction, outlined in blue over the
+    ground truth outlined in green (one line style per class: solid, dashed, dotted).
+
+    images: (N, H, W, 3) in [0, 1]; truths and every prediction: (N, C, h, w) in {0, 1}.
     """
-    colours = np.array([[1.0, 0.2, 0.2], [0.2, 0.6, 1.0], [0.2, 1.0, 0.3]])
-    columns = [("image", None), ("ground truth", truths), *predictions.items()]
-    fig = Figure(figsize=(2.0 * len(columns), 2.0 * len(images)))
-    axes = fig.subplots(len(images), len(columns), squeeze=False)
+    fig = Figure(figsize=(2.2 * (1 + len(predictions)), 2.2 * len(images) + 0.5))
+    axes = fig.subplots(len(images), 1 + len(predictions), squeeze=False)
     for row, image in enumerate(images):
-        for col, (name, masks) in enumerate(columns):
+        for col, name in enumerate(["image + ground truth", *predictions]):
             ax = axes[row][col]
             ax.imshow(image)
-            if masks is not None:
-                overlay = np.zeros((*masks.shape[2:], 4))
-                for c in range(masks.shape[1]):
-                    overlay[masks[row, c] > 0] = [*colours[c % len(colours)], 0.45]
-                ax.imshow(overlay, extent=(0, image.shape[1], image.shape[0], 0))
+            _outline(ax, truths[row], TRUTH_COLOUR, image.shape)
+            if col:
+                _outline(ax, predictions[name][row], PREDICTION_COLOUR, image.shape)
             if row == 0:
                 ax.set_title(name, fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
+    handles = [Line2D([], [], color=TRUTH_COLOUR, lw=2, label="ground truth"),
+               Line2D([], [], color=PREDICTION_COLOUR, lw=2, label="prediction")]
+    handles += [Line2D([], [], color="grey", lw=1.4, linestyle=CLASS_STYLES[k % len(CLASS_STYLES)], label=name)
+                for k, name in enumerate(class_names) if len(class_names) > 1]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=90)
+    return fig
 
 
 PAPER_TABLE1 = "paper_table1.yaml"
@@ -162,8 +218,10 @@ def _loco_header(clients: list[str], class_names: list[str]) -> list[str]:
 def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Table 1 layout: one row per model (a run's ``name``), for each unseen client its test Dice
     and IoU in % (per class when there are several, e.g. disc and cup), and the average over
-    clients. With ``paper``, the paper's row follows each of ours where it reports that model."""
-    labels = list(dict.fromkeys(c["name"] for c in cells))
+    clients. With ``paper``, the paper's row follows each of ours where it reports that model
+    on one of our unseen clients (matched by name); its Average only when our matrix has every
+    client the paper averages over (otherwise it averages other clients than ours: ``–``)."""
+    labels = row_order([c["name"] for c in cells])
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
     class_names = cells[0]["class_names"]
     table = paper_table1()
@@ -176,9 +234,11 @@ def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tup
         ours = [[(by_cell[(label, u)]["dice_per_class"][k], by_cell[(label, u)]["iou_per_class"][k])
                  if (label, u) in by_cell else (math.nan, math.nan) for k in range(len(class_names))] for u in clients]
         rows.append([label, *_score_cells(ours, average=True)])
-        if label in reported:
+        paper_clients = set(reported.get(label, {})) - {"Average"}
+        if paper_clients & set(clients):  # the paper's row only beside clients it reports
+            average = "Average" if paper_clients <= set(clients) else None  # else over other clients than ours
             theirs = [[_paper_score(reported[label], name, cls, len(class_names)) for cls in class_names]
-                      for name in [*clients, "Average"]]
+                      for name in [*clients, average]]
             rows.append([f"{label} (paper)", *_score_cells(theirs, average=False)])
     return _loco_header(clients, class_names), rows
 
@@ -188,7 +248,7 @@ def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tup
 PAPER_CLASS_NAMES = {"rim": "disc"}
 
 
-def _paper_score(model: dict[str, Any], client: str, cls: str, num_classes: int) -> tuple[float, float]:
+def _paper_score(model: dict[str, Any], client: str | None, cls: str, num_classes: int) -> tuple[float, float]:
     entry = model.get(client)
     if entry is None:
         return math.nan, math.nan
@@ -211,35 +271,41 @@ def _score_cells(per_client: list[list[tuple[float, float]]], average: bool) -> 
     return [_fmt(v) for client in per_client for pair in client for v in pair]
 
 
-def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> None:
-    """One panel per unseen client: its Dice per round under each model."""
+def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
+    """One panel per unseen client: its Dice per round under each model, the best round starred."""
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
+    order = row_order([c["name"] for c in cells])
     fig, axes = _round_panels(len(clients))
     for ax, client in zip(axes, clients):
-        for cell in (c for c in cells if c["unseen"] == client):
+        for cell in sorted((c for c in cells if c["unseen"] == client), key=lambda c: order.index(c["name"])):
             rows = [r for r in read_rows(Path(cell["run_dir"])) if r["kind"] == "eval" and r["client"] == client]
-            ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, label=cell["name"])
+            [line] = ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, label=cell["name"])
+            _mark_best(ax, rows, cell["best_round"], line.get_color())
         ax.set_title(f"unseen: {client}")
-    _save_round_panels(fig, axes, path)
+    return _save_round_panels(fig, axes, path)
 
 
-def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: test Dice (mean over classes) of each unseen client under each model."""
-    labels = list(dict.fromkeys(c["name"] for c in cells))
+def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
+    """Grouped bars: test Dice (mean over classes) of each unseen client under each model, each
+    bar labelled with its value (so a Dice of 0 shows too)."""
+    labels = row_order([c["name"] for c in cells])
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
     dice = {(c["name"], c["unseen"]): c["clients"][c["unseen"]]["dice"] for c in cells}
     fig = Figure(figsize=(max(5.0, 1.1 * len(clients) * max(1, len(labels)) / 2), 3.4))
     ax = fig.subplots()
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
-        ax.bar(np.arange(len(clients)) + i * width, [dice.get((label, c), np.nan) for c in clients], width, label=label)
+        bars = ax.bar(np.arange(len(clients)) + i * width, [dice.get((label, c), np.nan) for c in clients], width,
+                      label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     ax.set_xticks(np.arange(len(clients)) + 0.4 - width / 2, clients)
     ax.set_ylabel("Dice (unseen client)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylim(0, 1.08)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
 
 
 def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = None) -> str:

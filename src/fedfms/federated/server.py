@@ -1,6 +1,7 @@
 """The server side of a federated run, on a Flower ``Grid``: meet the nodes, then per round
 train on the training clients through the chosen Flower strategy, screen and aggregate their
-updates, evaluate the global model on every client, checkpoint; finally score the best round.
+updates, evaluate the global model on every client, checkpoint; finally score the best round
+(its logged evaluation, asking again only the clients it lacks).
 
 Faults: a node whose reply is an error, is missing at the round's timeout, or carries an update
 with NaN/Inf, the wrong tensors or an outsized norm is named in the log and left out of that
@@ -393,7 +394,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
                           time.perf_counter() - start, failed, {} if epsilon is None else {"epsilon": epsilon})
 
     best = tracker.best_trainable()
-    final_rows, _ = _evaluate(grid, nodes, to_record(best), config, tracker.best_round or 0, timeout)
+    final_rows = tracker.final_rows(sorted(n.client for n in nodes), lambda missing: _evaluate(
+        grid, [n for n in nodes if n.client in missing], to_record(best), config, tracker.best_round or 0, timeout)[0])
     load_trainable_state(model, best)
     save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round)})
     return tracker.finish(final_rows, nodes[0].class_names, {

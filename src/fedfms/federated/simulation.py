@@ -46,9 +46,9 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
     all, so clients train one after another and each uses every core).
     """
+    clients = [p.name for p in ordered_clients(config.data)]  # a wrong client name fails before any folder is made
     output_folder(config.output_dir)
     preflight(config)
-    clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
     cores = os.cpu_count() or 1
     backend = {

@@ -19,6 +19,16 @@ class BackboneChoice(StrEnum):
     litemedsam = "litemedsam"
 
 
+#: The table's columns: header and width (the first left-aligned, the others right-aligned).
+COLUMNS = (("mode", 8), ("total", 14), ("trainable", 14), ("rounded", 10), ("MB-up/round", 14), ("up+down", 10))
+
+
+def table_line(cells: tuple[str, ...]) -> str:
+    """One line of the table: ``cells`` under the :data:`COLUMNS` headers."""
+    return "".join(f"{cell:<{width}}" if i == 0 else f"{cell:>{width}}"
+                   for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True)))
+
+
 def _millions(n: int, digits: int = 1) -> str:
     return f"{n / 1e6:.{digits}f}M" if n >= 1e5 else f"{n:,}"
 
@@ -46,14 +56,11 @@ def models_command(
     }
     counts = {mode: count_parameters(cfg) for mode, cfg in configs.items()}
     typer.echo(f"{name}, {configs['sam'].image_size}px input, {num_classes} class(es), fp32 weights")
-    header = f"{'mode':<8}{'total':>14}{'trainable':>14}{'':>8}{'MB/round up':>14}{'up+down':>12}"
-    typer.echo(header)
+    typer.echo(table_line(tuple(name for name, _ in COLUMNS)))
     for mode, count in counts.items():
         megabytes = count.trainable_bytes / _MB
-        typer.echo(
-            f"{mode:<8}{count.total:>14,}{count.trainable:>14,}{_millions(count.trainable):>8}"
-            f"{megabytes:>14.1f}{2 * megabytes:>12.1f}"
-        )
+        typer.echo(table_line((mode, f"{count.total:,}", f"{count.trainable:,}", _millions(count.trainable),
+                               f"{megabytes:.1f}", f"{2 * megabytes:.1f}")))
     sam, msa, decoder = counts["sam"], counts["msa"], counts["decoder"]
     typer.echo(
         f"\nsam: every parameter trains; total {_millions(sam.total)} "

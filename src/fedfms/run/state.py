@@ -43,6 +43,7 @@ class RoundState:
     best_score: float | None = None
     best_scores: dict[str, float] | None = None  # validation Dice per client of the best round
     config: dict = field(default_factory=dict)
+    kind: str | None = None  # federated or centralized (None: written before it was recorded)
 
 
 class ResumeError(FedfmsError, RuntimeError):
@@ -131,6 +132,16 @@ def load_latest(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch
         logger.warning("%s; resuming from the best round, %d, instead: the rounds after it are discarded",
                        damaged, fallback[2].round)
         return fallback
+
+
+def latest_kind(run_dir: Path) -> str | None:
+    """Whether the newest complete round of ``run_dir`` belongs to a ``federated`` or a
+    ``centralized`` run (``None``: no round, or one that did not record it)."""
+    root = run_dir / "checkpoints"
+    try:
+        return json.loads((root / (root / LATEST).read_text().strip() / STATE).read_text()).get("kind")
+    except (OSError, ValueError):
+        return None
 
 
 def load_best(run_dir: Path) -> tuple[dict[str, torch.Tensor], RoundState]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fedfms.run.state import (
     LATEST,
     ResumeError,
     RoundState,
+    latest_kind,
     load_best,
     load_latest,
     save_round,
@@ -57,6 +59,10 @@ class RunTracker:
         self.best_scores: dict[str, float] | None = None
         self.first_round = 1
         self.resumed: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        earlier = latest_kind(run_dir)
+        if earlier is not None and earlier != kind:
+            raise ResumeError(f"{run_dir} holds a {earlier} run; this is a {kind} run, a different kind that cannot "
+                              "continue it: choose another output folder")
         if resume:
             self._resume()
         elif (run_dir / "checkpoints" / LATEST).exists():
@@ -96,7 +102,7 @@ class RunTracker:
         self.log.append([*rows, summary])
         logger.info(console_line(summary, [r for r in rows if r["kind"] == "train"]))
         state = RoundState(round=round_, best_round=self.best_round, best_score=self.best_score,
-                           best_scores=self.best_scores, config=self.config.model_dump(mode="json"))
+                           best_scores=self.best_scores, config=self.config.model_dump(mode="json"), kind=self.kind)
         save_round(self.run_dir, trainable, strategy, state, is_best=is_best)
         return summary
 
@@ -104,6 +110,18 @@ class RunTracker:
         """The global trainable tensors of the best round."""
         trainable, _ = load_best(self.run_dir)
         return trainable
+
+    def final_rows(self, clients: list[str],
+                   evaluate: Callable[[list[str]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The best round's ``eval`` row per client of ``clients``, in that order: the rows logged
+        when the round was evaluated (the model is the same, so are the scores), and
+        ``evaluate(missing)`` only for the clients the round lacks (a site that was down then, a
+        run that never evaluated). A client with neither is left out."""
+        logged = {r["client"]: r for r in read_rows(self.run_dir)
+                  if r["kind"] == "eval" and r["round"] == self.best_round}
+        missing = [c for c in clients if c not in logged]
+        fresh = {r["client"]: r for r in evaluate(missing)} if missing else {}
+        return [logged.get(c) or fresh[c] for c in clients if c in logged or c in fresh]
 
     def finish(self, final_rows: list[dict[str, Any]], class_names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
         """Write ``results.json``: the best round's scores per client, and run facts."""

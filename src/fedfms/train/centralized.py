@@ -52,7 +52,8 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
                           time.perf_counter() - start, [])
 
     load_trainable_state(model, tracker.best_trainable())
-    final_rows = _eval_rows(model, sites, config, tracker.best_round or 0)
+    final_rows = tracker.final_rows([s.name for s in sites], lambda missing: _eval_rows(
+        model, [s for s in sites if s.name in missing], config, tracker.best_round or 0))
     save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round)})
     return tracker.finish(final_rows, sites[0].manifest.class_names, {
         "trainable_parameters": sum(v.numel() for v in trainable_state(model).values()),

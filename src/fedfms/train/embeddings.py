@@ -92,17 +92,24 @@ def cached_embeddings(
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     if missing:
         logger.info("%s: computing %d of %d image embeddings once (cache %s)", desc, len(missing), len(paths), folder)
-        start = time.perf_counter()
-        was_training = model.training
-        model.to(device).eval()
-        for start in tqdm(range(0, len(missing), _BATCH), desc=desc, unit="batch", leave=False, disable=None):
-            chunk = missing[start : start + _BATCH]
-            batch = torch.stack([images.load_image(i) for i in chunk]).to(device)
-            with autocast(device, dtype):
-                embeddings = model.embed(batch)
-            for i, embedding in zip(chunk, embeddings.float().cpu().numpy().astype(np.float16)):
-                atomic_write(paths[i], lambda stream, array=embedding: np.save(stream, array))
-        model.train(was_training)
-        seconds = time.perf_counter() - start
-        logger.info("%s: %d embeddings in %.0f s (%.2f s per image)", desc, len(missing), seconds, seconds / len(missing))
+        started = time.perf_counter()
+        _embed_into(images, model, [(i, paths[i]) for i in missing], device, dtype, desc)
+        seconds = time.perf_counter() - started
+        logger.info("%s: %d embeddings in %.1f s (%.2f s per image)", desc, len(missing), seconds, seconds / len(missing))
     return EmbeddingDataset(images, paths)
+
+
+def _embed_into(images: ClientDataset, model: PromptFreeSegmenter, targets: list[tuple[int, Path]],
+                device: torch.device, dtype: torch.dtype, desc: str) -> None:
+    """Run the encoder on the samples of ``targets`` (index, cache file) in batches of 4 and
+    write each embedding to its file; the model's training flag is restored afterwards."""
+    was_training = model.training
+    model.to(device).eval()
+    for first in tqdm(range(0, len(targets), _BATCH), desc=desc, unit="batch", leave=False, disable=None):
+        chunk = targets[first : first + _BATCH]
+        batch = torch.stack([images.load_image(i) for i, _ in chunk]).to(device)
+        with autocast(device, dtype):
+            embeddings = model.embed(batch)
+        for (_, path), embedding in zip(chunk, embeddings.float().cpu().numpy().astype(np.float16)):
+            atomic_write(path, lambda stream, array=embedding: np.save(stream, array))
+    model.train(was_training)

@@ -3,6 +3,7 @@ of a model on it. Used by the federated ClientApp and by centralized training al
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,19 @@ def ordered_clients(data: DataConfig) -> list[Path]:
     missing = [n for n in names if n not in found]
     if missing:
         raise SiteError(f"{data.root}: no prepared client folder for {missing} (found {sorted(found)})")
+    check_unseen(data.unseen, names, data.root)
     return [found[n] for n in names]
+
+
+def check_unseen(unseen: str | None, clients: list[str], root: Path) -> None:
+    """Refuse an ``unseen`` client that is none of ``clients`` (the folders under ``root``), in
+    one line that lists them and suggests the near matches (case-insensitive)."""
+    if unseen is None or unseen in clients:
+        return
+    lowered = {c.lower(): c for c in clients}
+    near = [unseen.lower()] if unseen.lower() in lowered else difflib.get_close_matches(unseen.lower(), list(lowered), n=3)
+    hint = f"; did you mean {' or '.join(repr(lowered[n]) for n in near)}?" if near else ""
+    raise SiteError(f"data.unseen {unseen!r} is not one of the clients in {root}: {', '.join(clients)}{hint}")
 
 
 def load_site(directory: Path, config: RunConfig) -> Site:

@@ -57,7 +57,8 @@ class PrepareReport:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Where and how to write: target root, client name, sizes, writer mode, progress bar."""
+    """Where and how to write: target root, client name, sizes, writer mode, progress bar (drawn
+    only when stderr is a terminal, so logs get no ``\\r`` frames)."""
 
     out_root: Path
     client: str
@@ -75,8 +76,10 @@ def write_samples(
     preprocessing: dict[str, Any],
     problems: Problems,
     report: PrepareReport | None = None,
+    unit: str = "file",
 ) -> PrepareReport:
     """Convert every unit, resize, write; publish the client only if ``problems`` stays empty.
+    The progress bar (only on a terminal) counts in ``unit`` (file, case, volume, image).
 
     Raises :class:`~fedfms.data.validate.DataValidationError` listing every problem; the target
     folder is then left as it was.
@@ -88,8 +91,9 @@ def write_samples(
     fg_sum = np.zeros(len(class_names))
     cases: set[str] = set()
     with ClientWriter(out.out_root, out.client, class_names, out.image_size, out.mask_size, settings, out.mode) as writer:
-        for unit in tqdm(units, desc=f"prepare {out.client}", unit="file", disable=not out.progress, leave=False):
-            for raw in convert(unit, problems, report):
+        for item in tqdm(units, desc=f"prepare {out.client}", unit=unit, disable=None if out.progress else True,
+                         leave=False):
+            for raw in convert(item, problems, report):
                 if problems:
                     continue  # keep checking the rest, but write nothing once something is wrong
                 mask = resize_mask(raw.mask, out.mask_size)

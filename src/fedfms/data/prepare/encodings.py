@@ -118,6 +118,7 @@ PRESETS: dict[str, tuple[list[str], MaskEncoding]] = {
     "palette-rim-cup": (FUNDUS_RIM, MaskEncoding("levels", {0: (), 1: (0,), 2: (1,)})),
     "grey-rim-cup": (FUNDUS_RIM, MaskEncoding("levels", {0: (), 128: (0,), 255: (1,)})),
     "rgb-cup0-rim128": (FUNDUS_RIM, MaskEncoding("levels", {255: (), 128: (0,), 0: (1,)})),
+    "threshold": (["foreground"], MaskEncoding("threshold", threshold=127.0)),  # name the class with --classes
     "disc-threshold": (["disc"], MaskEncoding("threshold", threshold=127.0)),
     "inverted-binary": (["foreground"], binary_encoding(0)),
     "binary": (["foreground"], binary_encoding(255)),

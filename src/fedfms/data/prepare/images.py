@@ -127,11 +127,6 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg")
 def load_pair(pair: Pair, options: ImageOptions, problems: Problems, src: Path) -> RawSample | None:
     """Read, check and decode one pair at source resolution (``None`` with problems recorded)."""
     image = read_image(pair.image, problems)
-    lossy = [m for m in pair.masks if m.suffix.lower() in LOSSY_SUFFIXES]
-    if lossy and options.encoding.kind != "threshold":
-        problems.add(lossy[0], f"JPEG mask with the exact-value encoding {options.encoding.kind!r}: compression noise "
-                               "would become foreground; use --encoding threshold --threshold 127 (or --preset disc-threshold)")
-        return None
     raw_masks = [read_mask(m, problems) for m in pair.masks]
     if image is None or any(m is None for m in raw_masks):
         return None
@@ -190,12 +185,24 @@ def collect_pairs(src: Path, options: ImageOptions, problems: Problems, report: 
     return pairs
 
 
+def check_lossy_masks(pairs: list[Pair], options: ImageOptions, problems: Problems) -> None:
+    """JPEG masks need a threshold: with an exact-value encoding their compression noise would
+    become foreground. One problem for all of them, with their count."""
+    lossy = [m for p in pairs for m in p.masks if m.suffix.lower() in LOSSY_SUFFIXES]
+    if lossy and options.encoding.kind != "threshold":
+        others = f" (and {len(lossy) - 1} more JPEG masks)" if len(lossy) > 1 else ""
+        problems.add(lossy[0], f"JPEG mask{others} with the exact-value encoding {options.encoding.kind!r}: compression "
+                               "noise would become foreground; use --preset threshold --classes NAME (foreground "
+                               "above 127; --threshold to change it)")
+
+
 def prepare_images(src: Path, out: OutputSpec, options: ImageOptions, converter: str = "images") -> PrepareReport:
     """Prepare a generic 2D source folder as one client (see the module docstring)."""
     src = Path(src)
     problems = Problems(source=src)
     report = PrepareReport(out.out_root / out.client)
     pairs = collect_pairs(src, options, problems, report)
+    check_lossy_masks(pairs, options, problems)
     problems.raise_if_any()
 
     def convert(pair: Pair, problems: Problems, report: PrepareReport) -> Iterator[RawSample]:

@@ -93,7 +93,7 @@ def prepare_monuseg(
 
     settings = {"converter": "monuseg", "source": str(src), "mask": "union of instance masks",
                 "image_scaling": "uint8 / 255", "tile": tile}
-    return write_samples(cases, convert, out, CLASS_NAMES, settings, problems)
+    return write_samples(cases, convert, out, CLASS_NAMES, settings, problems, unit="case")
 
 
 def organ_folders(root: Path) -> list[Path]:

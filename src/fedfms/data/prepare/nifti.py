@@ -227,5 +227,6 @@ def prepare_nifti(src: Path, out: OutputSpec, options: NiftiOptions) -> PrepareR
         "drop_edge_slices": options.drop_edge_slices, "slice_axis": options.axis,
     }
     return write_samples(
-        volumes, lambda v, p, r: volume_slices(v, src, options, p, r), out, options.class_names, settings, problems
+        volumes, lambda v, p, r: volume_slices(v, src, options, p, r), out, options.class_names, settings, problems,
+        unit="volume",
     )

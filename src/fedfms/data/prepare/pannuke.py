@@ -106,4 +106,4 @@ def prepare_pannuke(src: Path, out: OutputSpec, tissue: str, limit: int | None =
 
     settings = {"converter": "pannuke", "source": str(src), "tissue": tissue,
                 "mask": f"union of the {NUCLEUS_CHANNELS} nucleus-type instance channels", "image_scaling": "uint8 / 255"}
-    return write_samples(units, convert, out, CLASS_NAMES, settings, problems)
+    return write_samples(units, convert, out, CLASS_NAMES, settings, problems, unit="image")

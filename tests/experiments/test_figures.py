@@ -1,0 +1,84 @@
+"""Tables and figures a person can read: paper rows only beside the clients the paper reports,
+one row order everywhere, integer round ticks, legends beside the curves, the best round
+marked, every bar labelled, and masks outlined in contrasting colours."""
+
+import numpy as np
+from matplotlib.colors import to_hex
+
+from fedfms.experiments.report import (
+    PREDICTION_COLOUR,
+    TRUTH_COLOUR,
+    loco_table,
+    paper_table1,
+    plot_client_bars,
+    plot_overlays,
+    plot_unseen_dice,
+    row_order,
+)
+from fedfms.run.log import RunLog
+
+
+def _cell(tmp_path, name, unseen, dice_per_round, best_round):
+    run_dir = tmp_path / name / unseen
+    RunLog(run_dir).append({"kind": "eval", "round": r, "client": unseen, "role": "unseen", "dice": d}
+                           for r, d in enumerate(dice_per_round, start=1))
+    dice = dice_per_round[best_round - 1]
+    return {"name": name, "unseen": unseen, "class_names": ["polyp"], "best_round": best_round,
+            "run_dir": str(run_dir), "clients": {unseen: {"dice": dice, "iou": dice / 2, "dice_per_class": [dice],
+                                                          "iou_per_class": [dice / 2]}}}
+
+
+def test_paper_rows_appear_only_beside_the_clients_the_paper_reports(tmp_path):
+    ours = [_cell(tmp_path, "FedMSA", "site-A", [0.5], 1)]
+    assert [row[0] for row in loco_table(ours, paper="prostate")[1]] == ["FedMSA"]
+    matched = [_cell(tmp_path, "FedMSA", "UCL", [0.5], 1)]
+    header, rows = loco_table(matched, paper="prostate")
+    assert [row[0] for row in rows] == ["FedMSA", "FedMSA (paper)"]
+    ucl = paper_table1()["prostate"]["FedMSA"]["UCL"]
+    assert rows[1][1:] == [f"{100 * ucl['dice']:.2f}", f"{100 * ucl['iou']:.2f}", "–", "–"]  # its Average: 6 clients
+
+
+def test_rows_keep_one_order_in_tables_and_plots(tmp_path):
+    names = ["Decoder", "FedDecoder", "FedDecoder-PT", "FedMSA", "MSA-PT"]
+    assert row_order(names) == ["FedDecoder", "Decoder", "FedDecoder-PT", "FedMSA", "MSA-PT"]
+    cells = [_cell(tmp_path, n, "cvc", [0.2, 0.4], 2) for n in sorted(names)]
+    assert [row[0] for row in loco_table(cells)[1]] == row_order(names)
+    fig = plot_unseen_dice(cells, tmp_path / "curves.png")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:5] == row_order(names)
+
+
+def test_round_curves_have_round_ticks_a_legend_beside_them_and_the_best_round_starred(tmp_path):
+    cells = [_cell(tmp_path, "FedDecoder", "cvc", [0.3], 1), _cell(tmp_path, "FedDecoder-PT", "cvc", [0.0], 1)]
+    fig = plot_unseen_dice(cells, tmp_path / "one_round.png")
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [1]
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # beside the curves at 0
+    longer = [_cell(tmp_path / "b", "FedDecoder", "cvc", [0.1, 0.2, 0.5, 0.3], 3)]
+    ax = plot_unseen_dice(longer, tmp_path / "four_rounds.png").axes[0]
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*" and len(line.get_xdata())]
+    assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([3], [0.5])]
+
+
+def test_every_bar_is_labelled_with_its_value_a_zero_too(tmp_path):
+    cells = [_cell(tmp_path, "FedDecoder", "cvc", [0.42], 1), _cell(tmp_path, "FedDecoder-PT", "cvc", [0.0], 1)]
+    ax = plot_client_bars(cells, tmp_path / "bars.png").axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.42"]
+
+
+def test_overlays_outline_truth_and_prediction_in_contrasting_colours_with_a_legend(tmp_path):
+    images = np.full((2, 32, 32, 3), [0.8, 0.3, 0.2])  # red-orange tissue
+    truths = np.zeros((2, 1, 8, 8))
+    truths[:, :, 1:3, 2:6] = 1  # the top quarter of the image
+    predictions = {"FedDecoder": np.roll(truths, 1, axis=-1), "FedDecoder-PT": np.zeros_like(truths)}
+    fig = plot_overlays(images, truths, predictions, tmp_path / "overlays.png")
+    axes = np.array(fig.axes).reshape(2, 3)
+
+    def outline_colours(ax):
+        return sorted(to_hex(c.get_edgecolor()[0]) for c in ax.collections)
+
+    assert outline_colours(axes[0, 0]) == [TRUTH_COLOUR]
+    ys = np.concatenate([p.vertices[:, 1] for p in axes[0, 0].collections[0].get_paths()])
+    assert 3 < ys.min() and ys.max() < 12  # on the image's rows 4-11, where the mask is
+    assert outline_colours(axes[1, 1]) == sorted([TRUTH_COLOUR, PREDICTION_COLOUR])
+    assert outline_colours(axes[1, 2]) == [TRUTH_COLOUR]  # an empty prediction draws no outline
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ground truth", "prediction"]
