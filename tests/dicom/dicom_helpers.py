@@ -24,9 +24,11 @@ OBLIQUE = (
 
 
 def box_volume(depth: int = 6, rows: int = 20, cols: int = 24) -> np.ndarray:
-    """``(D, R, C)`` int16: background ramp up to 300 with a bright (1000) box inside."""
+    """``(D, R, C)`` int16: background ramp up to 300 with a bright (1000) box in planes
+    1..D-2 and a second one in planes D-3 and D-2 only, so that a reversed order shows."""
     volume = np.tile(np.linspace(0, 300, cols, dtype=np.float32), (depth, rows, 1))
     volume[1:-1, 5:15, 6:18] = 1000
+    volume[-3:-1, 15:19, 18:22] = 1000
     return volume.astype(np.int16)
 
 
@@ -128,9 +130,10 @@ def write_seg_label(path: Path, datasets: list[Dataset], mask: np.ndarray, label
 
 
 def write_rtstruct(path: Path, datasets: list[Dataset], mask: np.ndarray, name: str = "PROSTATE") -> Dataset:
-    """An RTSTRUCT with one ROI: per plane, the outline of ``mask``'s bounding box through the
+    """An RTSTRUCT with one ROI: per plane, the outline of each rectangle of ``mask`` through the
     centres of its border pixels (patient coordinates), as a planning system draws it."""
     from pydicom.sequence import Sequence
+    from scipy import ndimage
 
     first = datasets[0]
     rows, cols = np.asarray(first.ImageOrientationPatient, float).reshape(2, 3)
@@ -154,17 +157,14 @@ def write_rtstruct(path: Path, datasets: list[Dataset], mask: np.ndarray, name: 
     ds.StructureSetROISequence = Sequence([roi])
     contours = []
     for plane, ds_plane in zip(mask, datasets, strict=True):
-        if not plane.any():
-            continue
-        r = np.flatnonzero(plane.any(axis=1))
-        c = np.flatnonzero(plane.any(axis=0))
-        corners = [(r[0], c[0]), (r[0], c[-1]), (r[-1], c[-1]), (r[-1], c[0])]
-        origin = np.asarray(ds_plane.ImagePositionPatient, float)
-        points = [origin + j * dy * cols + i * dx * rows for j, i in corners]
-        contour = Dataset()
-        contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 4
-        contour.ContourData = [round(float(v), 4) for p in points for v in p]
-        contours.append(contour)
+        for box in ndimage.find_objects(ndimage.label(plane)[0]):
+            r0, r1, c0, c1 = box[0].start, box[0].stop - 1, box[1].start, box[1].stop - 1
+            origin = np.asarray(ds_plane.ImagePositionPatient, float)
+            points = [origin + j * dy * cols + i * dx * rows for j, i in ((r0, c0), (r0, c1), (r1, c1), (r1, c0))]
+            contour = Dataset()
+            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 4
+            contour.ContourData = [round(float(v), 4) for p in points for v in p]
+            contours.append(contour)
     roi_contour = Dataset()
     roi_contour.ReferencedROINumber, roi_contour.ContourSequence = 7, Sequence(contours)
     ds.ROIContourSequence = Sequence([roi_contour])
