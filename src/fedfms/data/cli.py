@@ -119,7 +119,7 @@ def _pairs(text: str | None, flag: str) -> dict[str, str]:
 
 @prepare_app.command("dicom")
 def dicom_command(
-    src: Annotated[Path, typer.Argument(help="folder of DICOM files (any nesting and names); with --dicomweb, the folder the study is downloaded into (it stays at the site)")],
+    src: Annotated[Path, typer.Argument(help="folder of DICOM files (any nesting and names); with --dicomweb, the folder the whole study is downloaded into, as SRC/<StudyInstanceUID>/ (it stays at the site), and prepared")],
     out: Out,
     client: Client = None,
     classes: Annotated[str | None, typer.Option(help="class names, comma separated (default: the labels of the first SEG/RTSTRUCT)")] = None,
@@ -156,10 +156,14 @@ def dicom_command(
         if dicomweb:
             from fedfms.dicom.web import download_study, pacs_client
 
-            download_study(pacs_client(dicomweb), study, src, tuple(series or ()))
+            if not study:
+                raise ValueError("--dicomweb needs --study UID")
+            source = download_study(pacs_client(dicomweb), study, src)
         elif not src.is_dir():
             raise ValueError(f"{src}: no such folder")
-        return prepare_dicom(src, _output(out, client or src.name, image_size, mask_size, overwrite, append, progress), options)
+        else:
+            source = src
+        return prepare_dicom(source, _output(out, client or src.name, image_size, mask_size, overwrite, append, progress), options)
 
     _run(job)
 
