@@ -225,3 +225,20 @@ def test_pydicom_ct_file_is_a_one_plane_series(tmp_path: Path) -> None:
     report = prepare_dicom(tmp_path / "src", _spec(tmp_path / "out"), DicomOptions())
     assert report.samples == 1
     assert _masks(tmp_path / "out" / "site")[0, 5:10, 6:11].all() and not _masks(tmp_path / "out" / "site")[0, :4].any()
+
+
+def test_cli_prepares_and_refuses(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedfms.cli import app
+
+    datasets = write_series(tmp_path / "src", VOLUME)
+    write_seg_label(tmp_path / "src" / "seg.dcm", sorted_by_position(datasets), box_mask(VOLUME), ("Prostate gland",))
+    run = ["prepare", "dicom", str(tmp_path / "src"), str(tmp_path / "out"), "--client", "site-a", "--classes", "prostate",
+           "--image-size", "32", "--mask-size", "16", "--no-progress"]
+    result = CliRunner().invoke(app, run)
+    assert result.exit_code == 1 and "no label for class(es) ['prostate']" in result.output
+    assert "--label-names" in result.output and not (tmp_path / "out" / "site-a").exists()
+    result = CliRunner().invoke(app, [*run, "--label-names", "Prostate gland=prostate"])
+    assert result.exit_code == 0, result.output
+    assert "site-a: 6 samples from 1 cases" in result.output
