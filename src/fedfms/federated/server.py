@@ -337,7 +337,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     best = tracker.best_trainable()
     final_rows, _ = _evaluate(grid, nodes, to_record(best), config, tracker.best_round or 0, timeout)
     load_trainable_state(model, best)
-    save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round)})
+    save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round),
+                    "class_names": ",".join(nodes[0].class_names)})
     return tracker.finish(final_rows, nodes[0].class_names, {
         "trainable_parameters": sum(v.numel() for v in best.values()),
         "bytes_per_client_per_round": traffic,
