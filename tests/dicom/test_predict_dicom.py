@@ -54,7 +54,7 @@ def _source(kind: str, folder: Path) -> list[pydicom.Dataset]:
 @pytest.mark.parametrize("kind", ["ct-axial", "mr-oblique", "mr-multiframe"])
 def test_seg_equals_the_nifti_mask_in_the_source_geometry(kind: str, tmp_path: Path) -> None:
     sources = _source(kind, tmp_path / "in")
-    series = choose_series(tmp_path / "in", None)
+    series = choose_series(tmp_path / "in" / "mr.dcm" if kind == "mr-multiframe" else tmp_path / "in", None)
     predictor = Predictor(BrightIsForeground(), 32, 1, torch.device("cpu"), torch.float32, progress=False)
     nifti_path, seg_path = predict_series(predictor, series, tmp_path / "out", ["prostate"], "ab" * 32)
 

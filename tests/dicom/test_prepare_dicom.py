@@ -170,7 +170,18 @@ def test_mixed_orientation_missing_pixels_and_undecodable_syntax(tmp_path: Path)
     ds = pydicom.dcmread(odd)
     ds.ImageOrientationPatient = list(OBLIQUE[0] + OBLIQUE[1])
     ds.save_as(odd, enforce_file_format=True)
-    assert f"{odd}: mixed orientation in series" in _problems(tmp_path)
+    finer = tmp_path / "src" / f"{datasets[4].SOPInstanceUID}.dcm"
+    ds = pydicom.dcmread(finer)
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(finer, enforce_file_format=True)
+    shifted = tmp_path / "src" / f"{datasets[1].SOPInstanceUID}.dcm"
+    ds = pydicom.dcmread(shifted)
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0] + 1.0, *ds.ImagePositionPatient[1:]]  # gantry tilt
+    ds.save_as(shifted, enforce_file_format=True)
+    message = _problems(tmp_path)
+    assert f"{odd}: mixed orientation in series" in message
+    assert f"{finer}: mixed pixel spacing or matrix size in series" in message
+    assert f"{shifted}: planes not stacked along their normal" in message
 
     datasets = _labelled(tmp_path / "b")
     target = tmp_path / "b" / "src" / f"{datasets[1].SOPInstanceUID}.dcm"
