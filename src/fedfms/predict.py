@@ -27,6 +27,9 @@ Outputs (one per input, same file name, in the output folder; written by
 * image in -> ``<stem>.png`` of the input's size: a palette PNG whose pixel values are the same
   labels (0 background, ``c + 1``) and whose palette shows them in colour. ``multi_channel``:
   ``<stem>_class<c+1>.png`` per class, 0 / 255.
+* DICOM series (a folder) or multi-frame object in -> ``<SeriesInstanceUID>.nii.gz`` labels and
+  ``<SeriesInstanceUID>.seg.dcm``, a DICOM SEG (:mod:`fedfms.dicom.predict`); slices along the
+  slice normal, so ``axis`` and ``multi_channel`` do not apply (the SEG keeps overlaps).
 """
 
 from __future__ import annotations

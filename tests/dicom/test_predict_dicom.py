@@ -102,7 +102,8 @@ def test_cli_writes_a_seg_that_references_the_series(checkpoint: Path, tmp_path:
     nifti = nib.load(str(tmp_path / "out" / f"{uid}.nii.gz"))
     read = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in sources])  # (D, R, C, 2)
     labels = np.transpose(np.asanyarray(nifti.dataobj), (2, 1, 0))
-    np.testing.assert_array_equal(read[..., 1] | (labels == 2), labels == 2)  # lesion drawn over prostate
+    np.testing.assert_array_equal(read[..., 1], labels == 2)  # the later class is drawn on top in the NIfTI
+    np.testing.assert_array_equal(read[..., 0] & ~read[..., 1], labels == 1)
 
 
 def test_several_series_and_a_broken_one_are_one_line_errors(checkpoint: Path, tmp_path: Path) -> None:

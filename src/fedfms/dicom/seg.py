@@ -1,17 +1,20 @@
 """Predicted masks as a DICOM SEG (highdicom) that a PACS stores and a viewer overlays on the
 scan: binary, one segment per class (labelled with the model's class names), referencing every
 source image (or frame) of the series and its frame of reference, in the source's study as a
-new series. Algorithm identification: ``fedfms``, its version and the checkpoint's digest; the
-content creator is the automatic algorithm, never a person."""
+new series. Algorithm identification: ``fedfms``, its version and the checkpoint's digest."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedfms.dicom.series import Series
 from fedfms.io import atomic_write
+
+if TYPE_CHECKING:
+    from highdicom.seg import Segmentation
 
 #: A predicted region whose anatomy fedfms does not know: SCT "Tissue" / "Organ".
 _CATEGORY = ("85756007", "SCT", "Tissue")
@@ -19,7 +22,7 @@ _TYPE = ("113343008", "SCT", "Organ")
 SERIES_NUMBER = 9901
 
 
-def segmentation(series: Series, masks: np.ndarray, class_names: list[str], version: str, digest: str):
+def segmentation(series: Series, masks: np.ndarray, class_names: list[str], version: str, digest: str) -> Segmentation:
     """``masks (C, D, R, C')`` bool on the series' sorted planes -> a ``highdicom.seg.Segmentation``."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
