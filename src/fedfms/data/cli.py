@@ -146,6 +146,8 @@ def dicom_command(
     from fedfms.data.prepare.encodings import MaskEncoding, parse_levels
 
     def job():
+        if channels not in ("copy", "neighbours"):
+            raise ValueError(f"--channels {channels!r}: expected copy or neighbours")
         names = _classes(classes)
         levels = MaskEncoding("levels", parse_levels(label_map, names or ["foreground"])) if label_map else None
         options = DicomOptions(
