@@ -30,6 +30,9 @@ Outputs (one per input, same file name, in the output folder; written by
 * with ``overlay``, for a person checking the masks: ``overlays/<stem>.png``, the input with
   each class outlined in a bright colour (:func:`overlay_image`); for a volume, its slice with
   the most foreground, ``overlays/<stem>_slice<k>.png``.
+* DICOM series (a folder) or multi-frame object in -> ``<SeriesInstanceUID>.nii.gz`` labels and
+  ``<SeriesInstanceUID>.seg.dcm``, a DICOM SEG (:mod:`fedfms.dicom.predict`); slices along the
+  slice normal, so ``axis`` and ``multi_channel`` do not apply (the SEG keeps overlaps).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from fedfms.data.prepare.intensity import clip_and_scale, image_to_unit
 from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file, read_image, split_suffix
 from fedfms.data.prepare.nifti import Channels, slice_channels
 from fedfms.data.validate import Problems, check_finite
+from fedfms.dicom.predict import DicomInputError, is_dicom
 from fedfms.errors import FedfmsError
 from fedfms.io import atomic_write
 
@@ -130,6 +134,12 @@ def read_volume(path: Path) -> tuple[Any, np.ndarray]:
     return img, data
 
 
+def save_nifti(image: Any, target: Path) -> None:
+    """A nibabel image as one file, gzip-compressed for a ``.gz`` name like ``nib.save``, atomically."""
+    volume = image.to_bytes()
+    atomic_write(target, lambda stream: stream.write(gzip.compress(volume) if target.suffix == ".gz" else volume))
+
+
 @dataclass
 class Predictor:
     """A loaded model and the prediction settings (see the module docstring)."""
@@ -181,16 +191,9 @@ class Predictor:
 
     def predict_volume(self, path: Path, out_dir: Path) -> list[Path]:
         """One NIfTI volume -> its mask volume in ``out_dir`` (same name)."""
-        from tqdm import tqdm
-
         img, data = read_volume(path)
         scaled = np.moveaxis(clip_and_scale(data, self.upper_percentile), self.axis, 0)  # (D, H, W)
-        depth = scaled.shape[0]
-        masks = np.zeros((depth, self.num_classes, *scaled.shape[1:]), dtype=bool)  # (D, C, H, W)
-        starts = range(0, depth, self.batch_size)
-        for start in tqdm(starts, desc=path.name, unit="batch", leave=False, disable=None if self.progress else True):
-            ks = range(start, min(start + self.batch_size, depth))
-            masks[ks.start : ks.stop] = self.segment([slice_channels(scaled, k, self.channels) for k in ks])
+        masks = self.segment_volume(scaled, path.name)  # (D, C, H, W)
         if self.overlay:
             self._overlay_volume(path, scaled, masks, out_dir)
         masks = np.moveaxis(masks, (0, 1), (self.axis % 3 + 1, 0))  # (C, X, Y, Z)
@@ -203,9 +206,20 @@ class Predictor:
         image.header.set_slope_inter(1, 0)
         image.header["cal_min"], image.header["cal_max"] = 0, 0  # no display window from the scan
         (target,) = self.output_paths(path, out_dir)
-        volume = image.to_bytes()  # a single-file NIfTI, compressed for a .gz name like nib.save
-        atomic_write(target, lambda stream: stream.write(gzip.compress(volume) if target.suffix == ".gz" else volume))
+        save_nifti(image, target)
         return [target]
+
+    def segment_volume(self, scaled: np.ndarray, name: str) -> np.ndarray:
+        """A scaled ``(D, H, W)`` volume -> ``(D, C, H, W)`` bool masks, slice by slice in batches."""
+        from tqdm import tqdm
+
+        depth = scaled.shape[0]
+        masks = np.zeros((depth, self.num_classes, *scaled.shape[1:]), dtype=bool)
+        starts = range(0, depth, self.batch_size)
+        for start in tqdm(starts, desc=name, unit="batch", leave=False, disable=None if self.progress else True):
+            ks = range(start, min(start + self.batch_size, depth))
+            masks[ks.start : ks.stop] = self.segment([slice_channels(scaled, k, self.channels) for k in ks])
+        return masks
 
     def predict_image(self, path: Path, out_dir: Path) -> list[Path]:
         """One 2D image -> its PNG mask(s) in ``out_dir`` (see the module docstring)."""
@@ -341,9 +355,12 @@ def predict_path(
     tile: int | None = None,
     tile_overlap: float = 0.25,
     overlay: bool = False,
+    series: str | None = None,
+    class_names: list[str] | None = None,
 ) -> list[Path]:
-    """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images) with the
-    model in ``checkpoint`` and write them into the folder ``output``; returns the written files.
+    """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images, or a DICOM
+    series folder or multi-frame object: :func:`predict_dicom`) with the model in
+    ``checkpoint`` and write them into the folder ``output``; returns the written files.
 
     ``tile``: the side, in the input's pixels, of the tiles the model was trained on (``fedfms
     prepare ... --tile``); larger inputs are then predicted window by window
@@ -364,6 +381,10 @@ def predict_path(
     if not 0 <= tile_overlap < 1:
         raise PredictError(f"tile overlap {tile_overlap} must lie in [0, 1)")
     input, output = Path(input), Path(output)
+    if is_dicom(input):
+        return predict_dicom(checkpoint, input, output, series, class_names, device=device, threshold=threshold,
+                             channels=channels, upper_percentile=upper_percentile, batch_size=batch_size,
+                             progress=progress, tile=tile, tile_overlap=tile_overlap)
     files = find_inputs(input)
     predictor = load_predictor(
         checkpoint, device, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
@@ -385,10 +406,36 @@ def predict_path(
     return written
 
 
+def model_class_names(checkpoint: Path, num_classes: int, names: list[str] | None) -> list[str]:
+    """``names`` (one per class), else the checkpoint's ``class_names`` metadata, else ``class 1``..."""
+    from fedfms.models.checkpoint import read_checkpoint_config
+
+    stored = read_checkpoint_config(checkpoint)[1].get("class_names")
+    names = names or (stored.split(",") if stored else [f"class {c + 1}" for c in range(num_classes)])
+    if len(names) != num_classes:
+        raise PredictError(f"{len(names)} class names ({', '.join(names)}) for a model of {num_classes} classes")
+    return names
+
+
+def predict_dicom(
+    checkpoint: Path, input: Path, output: Path, series: str | None = None, class_names: list[str] | None = None,
+    device: str = "auto", **settings: Any,
+) -> list[Path]:
+    """A DICOM series (folder) or multi-frame object -> ``<SeriesInstanceUID>.nii.gz`` and
+    ``<SeriesInstanceUID>.seg.dcm`` in ``output`` (see :mod:`fedfms.dicom.predict`); ``series``
+    chooses one of several series."""
+    from fedfms.dicom.predict import checkpoint_digest, choose_series, predict_series
+
+    chosen = choose_series(input, series)
+    predictor = load_predictor(checkpoint, device, **settings)
+    names = model_class_names(checkpoint, predictor.num_classes, class_names)
+    return predict_series(predictor, chosen, output, names, checkpoint_digest(checkpoint))
+
+
 def predict_command(
     checkpoint: Annotated[Path, typer.Option(help="fedfms checkpoint folder, e.g. runs/NAME/best_model.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="A NIfTI volume or 2D image, or a folder of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the masks (same file names).")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="A NIfTI volume or 2D image, or a folder of them; a DICOM series folder or multi-frame file.")] = None,
     threshold: Annotated[float, typer.Option(help="Foreground where sigmoid probability > threshold.")] = 0.5,
     channels: Annotated[str, typer.Option(help="Volumes: grey -> 3 channels by copy | neighbours (as prepared).")] = "copy",
     axis: Annotated[int, typer.Option(help="Volumes: slicing (depth) axis, as prepared.")] = 2,
@@ -401,18 +448,32 @@ def predict_command(
                                              "(prepare's --tile): larger inputs are predicted window by window.")] = None,
     tile_overlap: Annotated[float, typer.Option(help="With --tile: overlap of neighbouring windows, fraction of a side.")] = 0.25,
     overlay: Annotated[bool, typer.Option(help="Also write OUTPUT/overlays/: each input with the predicted classes outlined.")] = False,
+    series: Annotated[str | None, typer.Option(help="DICOM: the SeriesInstanceUID to segment when the input or study holds several.")] = None,
+    class_names: Annotated[str | None, typer.Option(help="DICOM SEG: segment labels, comma separated (default: the checkpoint's class names).")] = None,
+    dicomweb: Annotated[str | None, typer.Option(help="Segment a series of this DICOMweb server (with --study) and store the SEG back; "
+                                                 "credentials from the environment (README 'From PACS to PACS').")] = None,
+    study: Annotated[str | None, typer.Option(help="--dicomweb: the StudyInstanceUID.")] = None,
 ) -> None:
     """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
     shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
     from fedfms.models import CheckpointError
 
+    names = [c.strip() for c in class_names.split(",")] if class_names else None
+    settings: dict[str, Any] = dict(threshold=threshold, channels=channels, upper_percentile=clip_percentile,
+                                    batch_size=batch_size, device=device, progress=progress, tile=tile, tile_overlap=tile_overlap)
     try:
-        written = predict_path(
-            checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
-            upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
-            progress=progress, tile=tile, tile_overlap=tile_overlap, overlay=overlay,
-        )
-    except (PredictError, CheckpointError) as err:
+        if dicomweb:
+            from fedfms.dicom.web import predict_from_pacs
+
+            if not study:
+                raise PredictError("--dicomweb needs --study UID")
+            written = predict_from_pacs(dicomweb, study, series, checkpoint, output, names, **settings)
+        elif input is None:
+            raise PredictError("give --input (a file or folder) or --dicomweb URL --study UID")
+        else:
+            written = predict_path(checkpoint, input, output, axis=axis, multi_channel=multi_channel,
+                                   series=series, class_names=names, overlay=overlay, **settings)
+    except (PredictError, CheckpointError, DicomInputError) as err:
         typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{len(written)} mask file(s) written to {output}"

@@ -111,6 +111,67 @@ def nifti_command(
     _run(job)
 
 
+def _pairs(text: str | None, flag: str) -> dict[str, str]:
+    """``'A=b,C=d'`` -> ``{"A": "b", "C": "d"}``."""
+    pairs = [p.partition("=") for p in (text or "").split(",") if p.strip()]
+    if any(not sep or not k.strip() or not v.strip() for k, sep, v in pairs):
+        raise ValueError(f"{flag} {text!r}: expected NAME=CLASS pairs separated by commas")
+    return {k.strip(): v.strip() for k, _, v in pairs}
+
+
+@prepare_app.command("dicom")
+def dicom_command(
+    src: Annotated[Path, typer.Argument(help="folder of DICOM files (any nesting and names); with --dicomweb, the folder the whole study is downloaded into, as SRC/<StudyInstanceUID>/ (it stays at the site), and prepared")],
+    out: Out,
+    client: Client = None,
+    classes: Annotated[str | None, typer.Option(help="class names, comma separated (default: the labels of the first SEG/RTSTRUCT)")] = None,
+    label_names: Annotated[str | None, typer.Option(help="segment/ROI name -> class where they differ, e.g. 'Prostate gland=prostate,PZ=prostate'")] = None,
+    series: Annotated[list[str] | None, typer.Option(help="only this SeriesInstanceUID (repeat for several)")] = None,
+    nifti_label: Annotated[Path | None, typer.Option(help="a NIfTI label volume for the (one chosen) series", exists=True, dir_okay=False)] = None,
+    label_map: Annotated[str | None, typer.Option(help="--nifti-label: label value -> class, e.g. '1:0,2:1'")] = None,
+    channels: Annotated[str, typer.Option(help="copy | neighbours")] = "copy",
+    keep_empty_every: Annotated[int, typer.Option(help="keep every k-th empty slice (1 = all, 0 = none)")] = 1,
+    clip_percentile: Annotated[float, typer.Option(help="upper intensity percentile to clip at")] = 99.0,
+    site_secret: Annotated[Path | None, typer.Option(envvar="FEDFMS_SITE_SECRET", help="the site's secret for keyed case ids (created 0600 on first use; default ~/.config/fedfms/site-secret)")] = None,
+    dicomweb: Annotated[str | None, typer.Option(help="first download the study from this DICOMweb server into SRC (credentials: README 'From PACS to PACS')")] = None,
+    study: Annotated[str | None, typer.Option(help="--dicomweb: the StudyInstanceUID to download")] = None,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    append: Append = False,
+    progress: Progress = True,
+) -> None:
+    """DICOM series with their SEG / RTSTRUCT (or a NIfTI label) -> 2D slices along the slice
+    normal; case ids are keyed hashes, no patient identity is written."""
+    from fedfms.data.prepare.dicom import DicomOptions, prepare_dicom
+    from fedfms.data.prepare.encodings import MaskEncoding, parse_levels
+
+    def job():
+        if channels not in ("copy", "neighbours"):
+            raise ValueError(f"--channels {channels!r}: expected copy or neighbours")
+        names = _classes(classes)
+        levels = MaskEncoding("levels", parse_levels(label_map, names or ["foreground"])) if label_map else None
+        options = DicomOptions(
+            class_names=names, label_names=_pairs(label_names, "--label-names"), series=tuple(series or ()),
+            nifti_label=nifti_label, label_map=levels, channels=channels, keep_empty_every=keep_empty_every,  # type: ignore[arg-type]
+            upper_percentile=clip_percentile, secret=site_secret, limit=limit,
+        )
+        if dicomweb:
+            from fedfms.dicom.web import download_study, pacs_client
+
+            if not study:
+                raise ValueError("--dicomweb needs --study UID")
+            source = download_study(pacs_client(dicomweb), study, src)
+        elif not src.is_dir():
+            raise ValueError(f"{src}: no such folder")
+        else:
+            source = src
+        return prepare_dicom(source, _output(out, client or src.name, image_size, mask_size, overwrite, append, progress), options)
+
+    _run(job)
+
+
 @prepare_app.command("images")
 def images_command(
     src: Src,

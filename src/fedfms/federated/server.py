@@ -397,7 +397,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     final_rows = tracker.final_rows(sorted(n.client for n in nodes), lambda missing: _evaluate(
         grid, [n for n in nodes if n.client in missing], to_record(best), config, tracker.best_round or 0, timeout)[0])
     load_trainable_state(model, best)
-    save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round)})
+    save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round),
+                    "class_names": ",".join(nodes[0].class_names)})
     return tracker.finish(final_rows, nodes[0].class_names, {
         "trainable_parameters": sum(v.numel() for v in best.values()),
         "bytes_per_client_per_round": traffic,

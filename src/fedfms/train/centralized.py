@@ -54,7 +54,8 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     load_trainable_state(model, tracker.best_trainable())
     final_rows = tracker.final_rows([s.name for s in sites], lambda missing: _eval_rows(
         model, [s for s in sites if s.name in missing], config, tracker.best_round or 0))
-    save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round)})
+    save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round),
+                    "class_names": ",".join(sites[0].manifest.class_names)})
     return tracker.finish(final_rows, sites[0].manifest.class_names, {
         "trainable_parameters": sum(v.numel() for v in trainable_state(model).values()),
         "clients_info": {s.name: client_info(s.name, len(s.train), len(s.val), len(s.manifest.samples),

@@ -20,10 +20,10 @@ pairing, duplicate case ids, empty client.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -45,6 +45,15 @@ from fedfms.data.validate import (
 )
 
 Channels = Literal["copy", "neighbours"]
+
+
+class SliceRules(Protocol):
+    """The slicing rules :func:`kept_slices` follows (fields of :class:`NiftiOptions`)."""
+
+    channels: Channels
+    keep_empty_every: int
+    empty_rule: Literal["count", "index"]
+    drop_edge_slices: bool
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,24 @@ def slice_channels(volume: np.ndarray, k: int, channels: Channels) -> np.ndarray
     return volume[[max(k - 1, 0), k, min(k + 1, last)]]
 
 
+def kept_slices(
+    scaled: np.ndarray, mask: np.ndarray, options: SliceRules, report: PrepareReport, record_of: Callable[[int], SampleRecord]
+) -> Iterator[RawSample]:
+    """Slices of a scaled ``(D, H, W)`` volume and its ``(C, D, H, W)`` mask that the empty-slice
+    and edge rules keep, as samples whose records ``record_of(k)`` gives."""
+    empty_seen = 0
+    depth = scaled.shape[0]
+    kept = range(1, depth - 1) if options.drop_edge_slices else range(depth)
+    for k in kept:
+        if not mask[:, k].any():
+            empty_seen += 1
+            position = k if options.empty_rule == "index" else empty_seen - 1
+            if options.keep_empty_every == 0 or position % options.keep_empty_every:
+                report.skipped_empty += 1
+                continue
+        yield RawSample(slice_channels(scaled, k, options.channels), mask[:, k], record_of(k))
+
+
 def volume_slices(volume: Volume, src: Path, options: NiftiOptions, problems: Problems, report: PrepareReport) -> Iterator[RawSample]:
     """Read one volume pair and yield its kept slices at source resolution."""
     image = _load(volume.image, problems, labels=False)
@@ -194,21 +221,14 @@ def volume_slices(volume: Volume, src: Path, options: NiftiOptions, problems: Pr
         report.warnings.append(f"{volume.mask}: no voxel of any class {options.class_names} (all background); "
                                "its slices count as empty")
     scaled = np.moveaxis(clip_and_scale(image, options.upper_percentile), options.axis, 0)
-    empty_seen = 0
-    depth = scaled.shape[0]
-    kept = range(1, depth - 1) if options.drop_edge_slices else range(depth)
-    for k in kept:
-        if not mask[:, k].any():
-            empty_seen += 1
-            position = k if options.empty_rule == "index" else empty_seen - 1
-            if options.keep_empty_every == 0 or position % options.keep_empty_every:
-                report.skipped_empty += 1
-                continue
-        record = SampleRecord(
+
+    def record_of(k: int) -> SampleRecord:
+        return SampleRecord(
             id=safe_id(f"{volume.case_id}_z{k:04d}"), case_id=volume.case_id, source=volume.image.relative_to(src).as_posix(),
             mask_source=volume.mask.relative_to(src).as_posix(), slice_index=k,
         )
-        yield RawSample(slice_channels(scaled, k, options.channels), mask[:, k], record)
+
+    yield from kept_slices(scaled, mask, options, report, record_of)
 
 
 def prepare_nifti(src: Path, out: OutputSpec, options: NiftiOptions) -> PrepareReport:
