@@ -231,6 +231,18 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
+class SecAggConfig(_Strict):
+    """SecAgg+ (``federation.secure_aggregation: true``, see :mod:`fedfms.federated.secure`): each
+    value of a site's update is clipped to ``[-clipping_range, clipping_range]`` and quantised to
+    ``quantization_range`` levels (the default 2**22 gives steps of 2 * 1.0 / 2**22 = 4.8e-7);
+    ``reconstruction_threshold`` is the fraction of a site's key shares needed to unmask (SecAgg+
+    tolerates losing the rest)."""
+
+    clipping_range: float = Field(1.0, gt=0)
+    quantization_range: int = Field(2**22, ge=2**8, le=2**30)
+    reconstruction_threshold: float = Field(0.67, gt=0, le=1)
+
+
 class FederationConfig(_Strict):
     """Server side: rounds, aggregation, the tolerance for failing clients, and how client
     updates travel (``update_encoding``: ``full`` float32 tensors, or ``delta-fp16``, the
@@ -258,6 +270,8 @@ class FederationConfig(_Strict):
     max_update_ratio: float | None = Field(10.0, gt=1)
     trimmed_beta: float = Field(0.2, gt=0, lt=0.5)
     site_keys: dict[str, Annotated[str, StringConstraints(pattern=FINGERPRINT_PATTERN)]] | None = None
+    secure_aggregation: bool = False
+    secagg: SecAggConfig = SecAggConfig()
 
 
 class PrivacyConfig(_Strict):
@@ -318,6 +332,22 @@ class RunConfig(_Strict):
         keys = self.federation.site_keys
         if clients is not None and keys is not None and (unknown := sorted(set(keys) - set(clients))):
             raise ValueError(f"federation.site_keys names {unknown}, not among data.clients {clients}")
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits_the_run(self) -> RunConfig:
+        federation = self.federation
+        if not federation.secure_aggregation:
+            return self
+        if federation.strategy != "fedavg":
+            raise ValueError("federation.secure_aggregation computes FedAvg's weighted mean only: set "
+                             "federation.strategy: fedavg")
+        if federation.update_encoding != "full":
+            raise ValueError("federation.secure_aggregation quantises the updates itself: set "
+                             "federation.update_encoding: full")
+        if self.privacy.level == "client":
+            raise ValueError("privacy.level client clips each site's update at the server, which secure "
+                             "aggregation hides from it; use privacy.level record with secure aggregation")
         return self
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
 from fedfms.federated.identity import node_keys, previous_keys, refusal
+from fedfms.federated.secure import secure_round
 from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
 from fedfms.federated.wire import (
     UpdateRejected,
@@ -318,6 +319,24 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
     return valid, rows, failed, {node.node_id for node in sampled} - answered
 
 
+def _secure_train_round(grid: Grid, trainers: list[Node], arrays: ArrayRecord, config: RunConfig, round_: int,
+                        min_train: int, resume_hint: str
+                        ) -> tuple[ArrayRecord, list[dict[str, Any]], list[str], set[int]]:
+    """A FedAvg round through SecAgg+ (:mod:`fedfms.federated.secure`): the new global tensors,
+    one ``train`` row per site that sent its masked update, the failures, and the silent nodes."""
+    if len(trainers) < 2:
+        raise FederationError(f"round {round_}: secure aggregation needs at least 2 training sites connected, "
+                              f"{len(trainers)} are; once they are back, {resume_hint}")
+    updated, rows, failed = secure_round(grid, trainers, arrays, config, round_)
+    for line in failed:
+        logger.warning("%s", line)
+    if updated is None or len(rows) < min_train:
+        raise FederationError(f"round {round_}: {len(rows)} masked updates, {min_train} required; failures: "
+                              f"{'; '.join(failed)}. Once the sites are back, {resume_hint}")
+    answered = {row["client"] for row in rows}
+    return updated, rows, failed, {n.node_id for n in trainers if n.client not in answered}
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool = False,
                    resume_hint: str = RESUME_CLI) -> dict[str, Any]:
     """Run (or resume) the federated training described by ``config``; returns ``results.json``.
@@ -371,15 +390,19 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
         if not privacy.next_round_allowed([n.client for n in trainers], round_):
             break
         by_id = {n.node_id: n for n in nodes}
-        valid, rows, failed, silent = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config, round_,
-                                                   min_train, resume_hint)
+        if config.federation.secure_aggregation:
+            arrays, rows, failed, silent = _secure_train_round(grid, trainers, arrays, config, round_, min_train,
+                                                               resume_hint)
+        else:
+            valid, rows, failed, silent = _train_round(grid, strategy, trainers, by_id, arrays, shapes, config,
+                                                       round_, min_train, resume_hint)
+            arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         for row in rows:
             privacy.heard(row["client"], {k.replace("_", "-"): v for k, v in row.items() if k.startswith("epsilon")})
         traffic = {"sent": rows[0]["bytes_sent"], "received": max(r["bytes_received"] for r in rows)}
-        arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in valid])
         if arrays is None:
             raise FederationError(f"round {round_}: client-level DP aggregates every training site's update, but "
-                                  f"{len(valid)} of {len(trainers)} came back; failures: {'; '.join(failed)}. Once the "
+                                  f"{len(rows)} of {len(trainers)} came back; failures: {'; '.join(failed)}. Once the "
                                   f"sites are back, {resume_hint}")
         privacy.save()  # the noised aggregate exists: count it before it is sent anywhere
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
