@@ -62,12 +62,15 @@ def round_seconds(run_dir: Path) -> list[float]:
     return [r["seconds"] for r in read_rows(run_dir) if r["kind"] == "round"]
 
 
-def deploy(args: argparse.Namespace, root: Path, sites: list[str], work: Path, site_worker: bool) -> list[float]:
-    """Round seconds of the run in a loopback deployment (TLS, one SuperNode per site)."""
+def deploy(args: argparse.Namespace, root: Path, sites: list[str], work: Path, site_worker: bool,
+           overrides: dict | None = None) -> list[float]:
+    """Round seconds of the run (with ``overrides`` of its settings) in a loopback deployment
+    (TLS, one SuperNode per site); its folder is ``work / "run"``."""
     run_dir = work / "run"
     work.mkdir(parents=True)
     config_path = work / "run.yaml"
-    save_config(run_config(args, run_dir, DataConfig(clients=sites, unseen=sites[-1])), config_path)
+    config = run_config(args, run_dir, DataConfig(clients=sites, unseen=sites[-1]))
+    save_config(config.with_overrides(overrides) if overrides else config, config_path)
     certs = make_certificates(work / "tls")
     with Deployment(work) as deployment:
         port = free_port()
