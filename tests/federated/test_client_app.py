@@ -44,7 +44,8 @@ def test_train_reply_carries_only_the_trainable_tensors_and_counts(federation, t
     assert frozen > 0 and reply.content[P.ARRAYS].count_bytes() < 4 * sum(p.numel() for p in model.parameters())
     assert reply.content[P.METRICS][P.NUM_EXAMPLES] == 4  # site-A: 8 samples, 2 cases held out for validation
     metrics = reply.content[P.METRICS]
-    assert set(metrics.keys()) == {P.NUM_EXAMPLES, "train-loss", "train-loss-per-epoch", "train-seconds", "train-steps"}
+    assert set(metrics.keys()) == {P.NUM_EXAMPLES, P.UNIFORM_WEIGHT, "train-loss", "train-loss-per-epoch", "train-seconds",
+                                   "train-steps"}
     assert len(metrics["train-loss-per-epoch"]) == 2 and metrics["train-loss"] == metrics["train-loss-per-epoch"][-1]
     assert metrics["train-steps"] == 2  # two epochs of one batch of 4
 

@@ -344,8 +344,8 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     pinned = dict(config.federation.site_keys or (previous_keys(run_dir) if resume else {}))
     nodes = meet_nodes(grid, config, expected_nodes, pinned)
     if not any(n.key for n in nodes):
-        logger.warning("the nodes have no authenticated keys (SuperNode authentication off): a site is known by "
-                       "the name its node reports; see docs/deployment.md, 'Who may serve a site'")
+        logger.info("the nodes have no authenticated keys (the simulation runtime, or SuperNode authentication off): "
+                    "a site is known by the name its node reports; see docs/deployment.md, 'Who may serve a site'")
     pinned = {n.client: n.key for n in nodes if n.key} | pinned
     trainers = [n for n in nodes if n.client != config.data.unseen]
     if not trainers:

@@ -218,7 +218,7 @@ def _dial(address: WorkerAddress) -> Connection | None:
     :data:`HANDSHAKE_S`; ``None`` if none listens or it does not answer the handshake."""
     try:
         connection = Client(str(address.socket), family="AF_UNIX")
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError):  # none there, or one dying
         return None
     key = address.authkey()
     try:
