@@ -15,8 +15,6 @@ from fedfms.data import DataValidationError, read_manifest
 from fedfms.data.cli import prepare_app
 from fedfms.data.prepare import prepare_lgg
 
-SITES = ("DU", "FG", "HT")
-
 
 def slice_number(sample_id: str) -> int:
     return int(sample_id.rsplit("_", 1)[1])
@@ -37,6 +35,10 @@ def test_a_real_hospital_becomes_one_client_of_patients(shared_data, tmp_path):
     assert np.mean(masks.reshape(len(masks), -1).any(axis=1)) == pytest.approx(expected, abs=0.05)
 
 
+def slice_number_of_path(path) -> int:
+    return slice_number(path.stem)
+
+
 def copy_patient(shared_data, dst, site="HT", slices=4):
     """The first ``slices`` slices (and masks) of one real patient of ``site``."""
     patient = sorted((shared_data / "brain-lgg" / site).iterdir())[0]
@@ -46,10 +48,6 @@ def copy_patient(shared_data, dst, site="HT", slices=4):
         shutil.copy(image, dst / patient.name)
         shutil.copy(image.with_name(f"{image.stem}_mask.tif"), dst / patient.name)
     return dst / patient.name
-
-
-def slice_number_of_path(path):
-    return slice_number(path.stem)
 
 
 def problem_lines(src, tmp_path) -> list[str]:
