@@ -91,7 +91,7 @@ def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunCon
     if site is not None:
         return _local_cell(experiment, label, site, unseen)
     if label not in ROWS:
-        raise ConfigError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}")
+        raise ConfigError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}, {LOCAL}-<site>")
     row = ROWS[label]
     base = RunConfig.model_validate({**experiment.base, "name": label})
     model: dict[str, Any] = {"arch": row.arch}
