@@ -428,7 +428,9 @@ class ExperimentConfig(_Strict):
     ``base.model.backbone`` (default ``vit_b``) and ``large`` is ``vit_l``. ``weights`` gives the pretrained SAM
     file per backbone for the rows that start from SAM. ``unseen`` lists the
     folds (default: every client). ``paper`` names the dataset of the paper's Table 1 whose
-    figures a report shows beside ours.
+    figures a report shows beside ours. ``Local`` in ``models`` adds one row ``Local-<site>``
+    per training site of each fold: the model of the centralized row ``local_model`` trained on
+    that site's data alone, with the same budget.
     """
 
     name: str
@@ -440,6 +442,7 @@ class ExperimentConfig(_Strict):
     unseen: list[str] | None = None
     baseline_image_size: int | None = Field(None, ge=32)
     paper: Literal["prostate", "brain_tumour", "fundus", "nuclei"] | None = None
+    local_model: str = "Decoder"
 
     @model_validator(mode="after")
     def _base_is_a_run(self) -> ExperimentConfig:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fedfms.config import ConfigError, load_config, load_experiment
-from fedfms.experiments.matrix import cell_config, folds
+from fedfms.experiments.matrix import cell_config, fold_rows, folds
 from fedfms.experiments.report import paper_table1
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -42,10 +42,24 @@ def test_a_typo_in_a_config_is_an_error_naming_file_and_key(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("name", ["nuclei_litemedsam", "nuclei_litemedsam_msa"])
+@pytest.mark.parametrize("name", ["nuclei_litemedsam", "nuclei_litemedsam_msa", "brain_lgg_litemedsam"])
 def test_litemedsam_matrices_build_pretrained_and_random_cells(name):
     experiment = load_experiment(CONFIGS / f"{name}.yaml")
-    cells = {m: cell_config(experiment, m, "prostate") for m in experiment.models}
+    unseen = folds(experiment)[0]
+    cells = {m: cell_config(experiment, m, unseen) for m in fold_rows(experiment, unseen)}
     assert all(c.model.backbone == "litemedsam" and c.model.image_size == 256 for c in cells.values())
     assert all(c.model.uses_pretrained == (not m.endswith("-PT")) for m, c in cells.items())
     assert {c.model.mode for c in cells.values()} == ({"msa"} if name.endswith("msa") else {"decoder"})
+    budgets = {(c.federation.rounds, c.train.local_epochs) for c in cells.values()}
+    assert len(budgets) == 1  # the same rounds and local epochs for every row of a dataset
+
+
+@pytest.mark.parametrize(("name", "sites"), [("nuclei_litemedsam", ["breast", "kidney", "liver", "prostate"]),
+                                             ("brain_lgg_litemedsam", ["DU", "HT", "FG"])])
+def test_decoder_matrices_have_a_local_row_per_training_site_in_every_fold(name, sites):
+    experiment = load_experiment(CONFIGS / f"{name}.yaml")
+    assert sorted(folds(experiment)) == sorted(sites)
+    for unseen in folds(experiment):
+        local = [m for m in fold_rows(experiment, unseen) if m.startswith("Local-")]
+        assert local == [f"Local-{s}" for s in sites if s != unseen]
+        assert all(cell_config(experiment, m, unseen).data.clients == [m[len("Local-"):], unseen] for m in local)

@@ -34,9 +34,14 @@ def _files(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
 
 
-def test_embeddings_equal_the_encoder_output_and_are_computed_once(tmp_path: Path) -> None:
+def test_embeddings_equal_the_encoder_output_and_are_computed_once(tmp_path: Path, caplog) -> None:
     images, model, cache = _dataset(tmp_path / "data"), _model(), tmp_path / "cache"
-    first = cached_embeddings(images, model, cache, CPU, torch.float32)
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="fedfms"):
+        first = cached_embeddings(images, model, cache, CPU, torch.float32)
+    took = time.perf_counter() - started
+    logged = [r.args for r in caplog.records if "embeddings in" in r.msg]
+    assert len(logged) == 1 and logged[0][1] == len(images) and 0 < logged[0][2] <= took  # the computation's own time
     written = _files(cache)
     assert len(written) == len(images) == len(first)
     item = first[2]

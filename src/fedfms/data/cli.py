@@ -187,6 +187,8 @@ def images_command(
     nested: Annotated[bool | None, typer.Option(help="each class includes the later ones (disc includes cup)")] = None,
     case_regex: Annotated[str | None, typer.Option(help="regex whose first group of the file stem is the case id")] = None,
     mask_suffix: Annotated[str, typer.Option(help="suffix of mask stems to strip when pairing, e.g. _mask")] = "",
+    layout: Annotated[str, typer.Option(help="folders (images/ + masks/) | side-by-side (each mask beside its image, "
+                                             "named by --mask-suffix; one folder per case)")] = "folders",
     tile: Tile = None,
     skip_unpaired: SkipUnpaired = False,
     limit: Limit = None,
@@ -213,8 +215,10 @@ def images_command(
             enc = MaskEncoding(encoding, threshold=threshold, invert=invert)
         elif encoding is not None:
             raise ValueError(f"unknown encoding {encoding!r}: levels, binary, threshold or nonzero")
+        if layout not in ("folders", "side-by-side"):
+            raise ValueError(f"unknown layout {layout!r}: folders or side-by-side")
         options = ImageOptions(
-            names, enc, nested=len(names) > 1 if nested is None else nested, case_regex=case_regex,
+            names, enc, layout=layout, nested=len(names) > 1 if nested is None else nested, case_regex=case_regex,
             mask_suffix=mask_suffix, skip_unpaired=skip_unpaired, tile=tile, limit=limit,
         )
         return prepare_images(src, _output(out, client or src.name, image_size, mask_size, overwrite, append, progress), options)
@@ -249,6 +253,33 @@ def monuseg_command(
             raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder "
                              "(or use --one-client)")
         return [prepare_monuseg(organ, spec(client or organ.name), tile, limit) for organ in organs]
+
+    _run(job)
+
+
+@prepare_app.command("lgg")
+def lgg_command(
+    src: Annotated[Path, typer.Argument(help="a hospital's folder (one client) or the data set's root (one client per hospital)", exists=True, file_okay=False)],
+    out: Out,
+    client: Client = None,
+    skip_unpaired: SkipUnpaired = False,
+    limit: Limit = None,
+    image_size: ImageSize = 1024,
+    mask_size: MaskSize = 256,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """LGG brain MRI as published: SITE/CASE/CASE_N.tif with CASE_N_mask.tif (0/255) beside it
+    -> one client per hospital (class abnormality; cases = patients)."""
+    from fedfms.data.prepare.lgg import prepare_lgg, site_folders
+
+    spec = _new_clients(out, image_size, mask_size, overwrite, progress)
+
+    def job():
+        sites = site_folders(src) or [src]
+        if client and len(sites) > 1:
+            raise ValueError(f"{src}: holds {len(sites)} hospitals; --client names only a single hospital's folder")
+        return [prepare_lgg(site, spec(client or site.name), limit, skip_unpaired) for site in sites]
 
     _run(job)
 

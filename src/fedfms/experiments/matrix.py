@@ -1,7 +1,15 @@
 """The paper's experiment matrix: model row x unseen client. Each cell is one leave-one-client-out
 run (federated in Flower's simulation runtime, or centralized) writing to
 ``output_dir/<row>/<unseen>/``. Finished cells are skipped and interrupted ones resumed, so an
-interrupted matrix continues where it stopped."""
+interrupted matrix continues where it stopped.
+
+Beside the paper's rows, ``Local`` asks what a hospital asks first: does federating beat training
+on my own data alone? It stands for one row ``Local-<site>`` per training site of each fold: the
+model of the centralized row ``local_model`` trained by the centralized trainer on that site's
+training split alone (``data.clients`` = the site and the unseen client), with the same rounds
+and local epochs, so that the site runs exactly the optimisation steps it runs in the
+federation, only without averaging. It is scored on the unseen client and on its own
+validation split."""
 
 from __future__ import annotations
 
@@ -15,11 +23,8 @@ import yaml
 
 from fedfms.config import LITEMEDSAM_IMAGE_SIZE, ConfigError, ExperimentConfig, ModelConfig, RunConfig
 from fedfms.errors import FedfmsError
-from fedfms.federated.simulation import simulate
 from fedfms.run.state import LATEST
 from fedfms.run.tracker import RESULTS
-from fedfms.train.centralized import train_centralized
-from fedfms.train.sites import ordered_clients
 
 logger = logging.getLogger("fedfms")
 
@@ -59,10 +64,38 @@ ROWS: dict[str, Row] = {
 }
 
 
+LOCAL = "Local"
+
+
+def local_site(label: str) -> str | None:
+    """The training site of a ``Local-<site>`` row (``None`` for the other rows)."""
+    prefix = f"{LOCAL}-"
+    return label[len(prefix):] if label.startswith(prefix) else None
+
+
+def _local_cell(experiment: ExperimentConfig, label: str, site: str, unseen: str) -> RunConfig:
+    row = ROWS.get(experiment.local_model)
+    if row is None or row.federated:
+        raise ConfigError(f"{experiment.name}: local_model {experiment.local_model!r} must be a centralized row "
+                          f"(e.g. Decoder, MSA, U-Net) whose model the Local rows train")
+    names = clients(experiment)
+    if site not in names or site == unseen:
+        raise ConfigError(f"{experiment.name}: row {label} needs a training site of fold {unseen!r}; "
+                          f"the clients are {', '.join(names)}")
+    config = cell_config(experiment, experiment.local_model, unseen)
+    return config.model_copy(update={
+        "name": label, "output_dir": experiment.output_dir / label / unseen,
+        "data": config.data.model_copy(update={"clients": [site, unseen]}),
+    })
+
+
 def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunConfig:
     """The run configuration of one cell (row ``label``, fold ``unseen``)."""
+    site = local_site(label)
+    if site is not None:
+        return _local_cell(experiment, label, site, unseen)
     if label not in ROWS:
-        raise ConfigError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}")
+        raise ConfigError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}, {LOCAL}-<site>")
     row = ROWS[label]
     base = RunConfig.model_validate({**experiment.base, "name": label})
     model: dict[str, Any] = {"arch": row.arch}
@@ -87,10 +120,10 @@ def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunCon
     })
 
 
-def folds(experiment: ExperimentConfig) -> list[str]:
-    """The unseen clients of the matrix (default: every client of the data)."""
-    if experiment.unseen is not None:
-        return experiment.unseen
+def clients(experiment: ExperimentConfig) -> list[str]:
+    """Every client of the data (``base.data.clients``, default: every prepared folder)."""
+    from fedfms.train.sites import ordered_clients
+
     base = RunConfig.model_validate({**experiment.base, "name": experiment.name})
     return base.data.clients or [p.name for p in ordered_clients(base.data)]
 
@@ -150,12 +183,27 @@ def _decide(config: RunConfig, label: str, unseen: str, resume: bool, rerun: boo
                          "from scratch (its folder is replaced)")
 
 
+def folds(experiment: ExperimentConfig) -> list[str]:
+    """The unseen clients of the matrix (default: every client of the data)."""
+    return experiment.unseen if experiment.unseen is not None else clients(experiment)
+
+
+def fold_rows(experiment: ExperimentConfig, unseen: str) -> list[str]:
+    """The row labels of one fold: ``models`` with ``Local`` expanded to ``Local-<site>`` for
+    every training site."""
+    return [expanded for label in experiment.models
+            for expanded in ([f"{LOCAL}-{c}" for c in clients(experiment) if c != unseen] if label == LOCAL else [label])]
+
+
 def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool = False) -> list[Path]:
     """Run every cell not finished yet; returns the cells' run folders. A finished cell whose
     stored configuration differs from the one asked is refused (:class:`StaleCellError`) before
     any cell runs, unless ``resume`` (the cell's ``federation.rounds`` grew: it continues) or
     ``rerun`` (the cell is run again from scratch)."""
-    cells = [(label, unseen) for unseen in folds(experiment) for label in experiment.models]
+    from fedfms.federated.simulation import simulate  # heavy imports: not for the report, which needs local_site
+    from fedfms.train.centralized import train_centralized
+
+    cells = [(label, unseen) for unseen in folds(experiment) for label in fold_rows(experiment, unseen)]
     configs = [cell_config(experiment, label, unseen) for label, unseen in cells]  # all errors before any run
     actions = [_decide(config, label, unseen, resume, rerun) for (label, unseen), config in zip(cells, configs)]
     for index, ((label, unseen), config, action) in enumerate(zip(cells, configs, actions), start=1):
@@ -166,6 +214,6 @@ def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool =
             continue
         if action == "rerun":
             shutil.rmtree(config.output_dir)
-        runner = simulate if ROWS[label].federated else train_centralized
+        runner = train_centralized if local_site(label) is not None or not ROWS[label].federated else simulate
         runner(config, resume=action == "resume")
     return [config.output_dir for config in configs]

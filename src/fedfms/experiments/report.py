@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from fedfms.errors import FedfmsError
+from fedfms.experiments.matrix import local_site
 from fedfms.run.log import read_rows
 from fedfms.run.tracker import RESULTS
 
@@ -38,13 +39,14 @@ def _fmt(value: float) -> str:
 def row_order(labels: Sequence[str]) -> list[str]:
     """The one row order of every table and plot: rows grouped by model (in order of first
     appearance), within a model pretrained before random initialisation (``-PT``) and
-    federated before centralized, e.g. FedDecoder, Decoder, FedDecoder-PT."""
+    federated before centralized, e.g. FedDecoder, Decoder, FedDecoder-PT; each site's
+    ``Local-<site>`` row after all the others."""
     def family(label: str) -> str:
         return label.removeprefix("Fed").removesuffix("-PT")
 
     families = list(dict.fromkeys(family(label) for label in labels))
-    return sorted(dict.fromkeys(labels), key=lambda label: (families.index(family(label)), label.endswith("-PT"),
-                                                             not label.startswith("Fed")))
+    return sorted(dict.fromkeys(labels), key=lambda label: (local_site(label) is not None, families.index(family(label)),
+                                                             label.endswith("-PT"), not label.startswith("Fed")))
 
 
 def table_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
@@ -75,13 +77,13 @@ def write_table(runs: Sequence[tuple[str, dict[str, Any]]], out_dir: Path) -> st
     return _write_table_files(*table_rows(runs), out_dir)
 
 
-def _write_table_files(header: list[str], rows: list[list[str]], out_dir: Path) -> str:
-    with (out_dir / "table.csv").open("w", newline="") as handle:
+def _write_table_files(header: list[str], rows: list[list[str]], out_dir: Path, stem: str = "table") -> str:
+    with (out_dir / f"{stem}.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     markdown = "\n".join(lines)
-    (out_dir / "table.md").write_text(markdown + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown + "\n")
     return markdown
 
 
@@ -243,6 +245,21 @@ def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tup
     return _loco_header(clients, class_names), rows
 
 
+def own_site_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Dice and IoU in % (mean over classes) of each model on each training site's own
+    validation split, averaged over the folds in which the site trained: the other half of
+    "does federating beat my own data alone", beside each ``Local-<site>`` row's own site."""
+    labels = row_order([c["name"] for c in cells])
+    sites = list(dict.fromkeys(name for c in cells for name, s in c["clients"].items() if s["split"] == "val"))
+    rows = []
+    for label in labels:
+        mine = [c["clients"] for c in cells if c["name"] == label]
+        scores = [[(_nanmean([m[site]["dice"] for m in mine if m.get(site, {}).get("split") == "val"]),
+                    _nanmean([m[site]["iou"] for m in mine if m.get(site, {}).get("split") == "val"]))] for site in sites]
+        rows.append([label, *_score_cells(scores, average=False)])
+    return ["Model"] + [f"{site} {m}" for site in sites for m in ("Dice", "IoU")], rows
+
+
 #: Our class name -> the paper's: its optic-disc ("OD") figures come from the reference code's
 #: disc channel, which is the rim (disc minus cup); prepare with a ``*-rim-cup`` preset to match.
 PAPER_CLASS_NAMES = {"rim": "disc"}
@@ -322,8 +339,15 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
             f"{', '.join(protocols)}; {len(cells)} runs.")
     if paper:
         note += " Rows marked (paper) are the FedFMS paper's Table 1, reference protocol."
+    local = any(local_site(c["name"]) for c in cells)
+    if local:
+        note += (" A Local-<site> row is the model trained on that site's data alone, with the same budget; it has no "
+                 "score where its own site is the unseen one, so its average is over the other folds.")
+    own = ["", "## Each training site's own validation split", "",
+           "Dice and IoU in % on each site's validation cases, mean over the folds in which it trained.", "",
+           _write_table_files(*own_site_table(cells), out, "own_site"), ""] if local else []
     (out / "report.md").write_text("\n".join([
-        "# fedfms report", "", note, "", markdown, "",
+        "# fedfms report", "", note, "", markdown, *own, "",
         "![Unseen-client Dice per round](unseen_dice_per_round.png)", "",
         "![Unseen-client Dice per model](client_bars.png)", ""]))
     return markdown

@@ -41,11 +41,12 @@ def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]
     model = build_model(config.model, seed=config.train.seed)
     if tracker.resumed is not None:
         load_trainable_state(model, tracker.resumed[0])
+    trainer = trainers[0].name if len(trainers) == 1 else "pooled"  # one site: a Local row of the matrix
     for round_ in range(tracker.first_round, config.federation.rounds + 1):
         start = time.perf_counter()
-        rows = [{"kind": "train", "round": round_, "client": "pooled", "loss": result.loss, "samples": result.samples,
+        rows = [{"kind": "train", "round": round_, "client": trainer, "loss": result.loss, "samples": result.samples,
                  "seconds": result.seconds}
-                for result in local_round(model, trainers, config, config.model, round_, "pooled")]
+                for result in local_round(model, trainers, config, config.model, round_, trainer)]
         if round_ % config.federation.evaluate_every == 0 or round_ == config.federation.rounds:
             rows += _eval_rows(model, sites, config, round_)
         tracker.end_round(round_, {k: v.cpu() for k, v in trainable_state(model).items()}, {}, rows,

@@ -6,6 +6,11 @@ Layouts found anywhere under the source folder (so published train/test splits j
     SRC/train/image/x.png  SRC/train/mask/x.png    # "image"/"mask" spellings, nested subsets
     SRC/images/x.png   SRC/masks/disc/x.png  SRC/masks/cup/x.png   # one binary mask per class
 
+Or, with ``layout="side-by-side"``, each mask beside its image, told apart by ``mask_suffix``,
+one folder per case (the folder is the case id; slices sorted numerically)::
+
+    SRC/CASE/CASE_1.tif  SRC/CASE/CASE_1_mask.tif  SRC/CASE/CASE_2.tif ...
+
 Formats: PNG, JPEG, TIFF, BMP, 2D NIfTI. Images: uint8 RGB / 255 (grey kept as one channel and
 repeated to 3 on load); other dtypes percentile-clipped and min-max scaled. Sample ids are the
 relative path of the image without the image-folder name (``train/x`` -> ``train__x``).
@@ -23,6 +28,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -44,6 +50,7 @@ class Pair:
     key: str  # relative path without image-folder name and suffix, e.g. "train/00_00"
     image: Path
     masks: tuple[Path, ...]
+    case: str | None = None  # the case id, where the layout gives it (side-by-side: the folder)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,32 @@ def discover_pairs(src: Path, class_names: list[str], mask_suffix: str = "") -> 
     return Discovery(pairs, lone_images, lone_masks)
 
 
+def natural_key(text: str) -> list[int | str]:
+    """Sort key with digit runs compared as numbers: ``CASE_2`` before ``CASE_10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def discover_side_by_side(src: Path, mask_suffix: str) -> Discovery:
+    """Pair each image with the file of the same stem plus ``mask_suffix`` in the same folder;
+    the folder (relative to ``src``) is the case, files directly in ``src`` are cases of their own."""
+    if not mask_suffix:
+        raise ValueError("the side-by-side layout tells masks from images by their suffix: give a mask suffix, e.g. _mask")
+    pairs, lone_images, lone_masks = [], [], []
+    for folder in sorted([src, *(p for p in src.rglob("*") if p.is_dir())]):
+        files = _files_by_stem(folder)
+        masks = {stem[: -len(mask_suffix)]: paths for stem, paths in files.items() if stem.endswith(mask_suffix)}
+        images = {stem: paths for stem, paths in files.items() if not stem.endswith(mask_suffix)}
+        prefix = folder.relative_to(src).as_posix()
+        for stem, paths in images.items():
+            if stem in masks:
+                key = stem if prefix == "." else f"{prefix}/{stem}"
+                pairs.extend(Pair(key, p, (masks[stem][0],), None if prefix == "." else prefix) for p in paths)
+            else:
+                lone_images.extend(paths)
+        lone_masks.extend(p for stem, ps in masks.items() if stem not in images for p in ps)
+    return Discovery(sorted(pairs, key=lambda p: natural_key(p.key)), lone_images, lone_masks)
+
+
 def case_of(key: str, case_regex: str | None) -> str:
     """Case id of a pair key: the stem (or the regex's first group on it), with the subset prefix."""
     prefix, _, stem = key.rpartition("/")
@@ -108,10 +141,11 @@ def case_of(key: str, case_regex: str | None) -> str:
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """How to read one 2D source: classes, mask encoding, pairing and case rules, tiling."""
+    """How to read one 2D source: classes, mask encoding, layout, pairing and case rules, tiling."""
 
     class_names: list[str]
     encoding: MaskEncoding
+    layout: Literal["folders", "side-by-side"] = "folders"
     nested: bool = False
     case_regex: str | None = None
     mask_suffix: str = ""
@@ -141,7 +175,7 @@ def load_pair(pair: Pair, options: ImageOptions, problems: Problems, src: Path) 
     if options.nested:
         mask = np.logical_or.accumulate(mask[::-1])[::-1]
     record = SampleRecord(
-        id=safe_id(pair.key), case_id=case_of(pair.key, options.case_regex), source=_rel(pair.image, src),
+        id=safe_id(pair.key), case_id=pair.case or case_of(pair.key, options.case_regex), source=_rel(pair.image, src),
         mask_source=",".join(_rel(m, src) for m in pair.masks),
     )
     return RawSample(image_to_unit(image, options.upper_percentile), mask, record)
@@ -154,24 +188,30 @@ def _rel(path: Path, src: Path) -> str:
 SPLIT_DIR_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "rois"}
 
 
-def check_one_source(src: Path, problems: Problems) -> None:
-    """Image folders below ``src`` may differ only by split folders (train/, test/, ...): folders
+def check_one_source(src: Path, folders: list[Path], problems: Problems, what: str) -> None:
+    """``folders`` (below ``src``) may differ only by split folders (train/, test/, ...): folders
     of two sources (two hospitals' images/ + masks/) would silently merge into one client."""
     sources: dict[tuple[str, ...], Path] = {}
-    for image_dir, _ in _image_folders(src):
-        parts = tuple(p for p in image_dir.parent.relative_to(src).parts if p.lower() not in SPLIT_DIR_NAMES)
-        sources.setdefault(parts, image_dir.parent)
+    for folder in folders:
+        parts = tuple(p for p in folder.relative_to(src).parts if p.lower() not in SPLIT_DIR_NAMES)
+        sources.setdefault(parts, folder)
     if len(sources) > 1:
         listing = ", ".join(str(p.relative_to(src)) for p in sources.values())
-        problems.add(src, f"holds the images/ + masks/ folders of {len(sources)} sources ({listing}), which would merge "
+        problems.add(src, f"holds the {what} of {len(sources)} sources ({listing}), which would merge "
                           "into one client; prepare each folder as its own client (--client NAME)")
 
 
 def collect_pairs(src: Path, options: ImageOptions, problems: Problems, report: PrepareReport) -> list[Pair]:
     """Structure checks: one source, pairing, duplicate sample ids, empty client; ``limit``
     keeps the first N."""
-    check_one_source(src, problems)
-    found = discover_pairs(src, options.class_names, options.mask_suffix)
+    if options.layout == "side-by-side":
+        found = discover_side_by_side(src, options.mask_suffix)
+        case_parents = {p.image.parent.parent for p in found.pairs if p.case is not None}
+        check_one_source(src, sorted(case_parents), problems, "case folders")
+    else:
+        check_one_source(src, [image_dir.parent for image_dir, _ in _image_folders(src)], problems,
+                         "images/ + masks/ folders")
+        found = discover_pairs(src, options.class_names, options.mask_suffix)
     unpaired = [str(p) for p in (*found.unpaired_images, *found.unpaired_masks)]
     if unpaired and options.skip_unpaired:
         message = f"skipped {len(unpaired)} unpaired file(s): {', '.join(unpaired)}"
@@ -181,7 +221,9 @@ def collect_pairs(src: Path, options: ImageOptions, problems: Problems, report: 
         check_unpaired(map(str, found.unpaired_images), map(str, found.unpaired_masks), problems)
     check_unique(((safe_id(p.key), str(p.image)) for p in found.pairs), problems, "sample id")
     pairs = found.pairs[: options.limit] if options.limit else found.pairs
-    check_not_empty(len(pairs), src, problems, "image/mask pairs (images/ + masks/ folders with matching names)")
+    where = (f"image/mask pairs (each mask beside its image, named like it plus {options.mask_suffix!r})"
+             if options.layout == "side-by-side" else "image/mask pairs (images/ + masks/ folders with matching names)")
+    check_not_empty(len(pairs), src, problems, where)
     return pairs
 
 
@@ -214,5 +256,6 @@ def prepare_images(src: Path, out: OutputSpec, options: ImageOptions, converter:
         "converter": converter, "source": str(src), "mask_encoding": options.encoding.describe(options.class_names),
         "nested_classes": options.nested, "image_scaling": "uint8 / 255, else clip at percentile + min-max",
         "upper_percentile": options.upper_percentile, "tile": options.tile, "case_regex": options.case_regex,
+        "layout": options.layout,
     }
     return write_samples(pairs, convert, out, options.class_names, settings, problems, report)
