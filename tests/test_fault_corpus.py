@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -397,6 +398,28 @@ def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_pa
     assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]
     line = next(line for line in [*err.splitlines(), *caplog.messages] if "resuming" in line)  # console or log
     print(f"CORPUS | kill | {point} | {line.strip()} | -9, then 0")
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_during_centralized_training_stops_as_ctrl_c_does(tmp_path, federation, capsys, monkeypatch):
+    """SIGTERM (schedulers, systemd, ``timeout``) once round 1 is on disk: exit 143, the resume
+    line, the round kept (the simulated run's case is in tests/federated/test_simulation.py)."""
+    import fedfms.run.tracker as tracker
+
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run", rounds=3), config)
+    real = tracker.save_round
+
+    def save_round(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tracker, "save_round", save_round)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized")
+    assert code == 143 and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)") and "--resume" in err, err
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "round-0001"
+    assert not (tmp_path / "run" / "results.json").exists()
+    print(f"CORPUS | signal | SIGTERM after round 1 | {err.strip().splitlines()[-1]} | {code}")
 
 
 # --- faulty sites ------------------------------------------------------------------------------
