@@ -329,6 +329,40 @@ def test_an_unwritable_output_folder_is_refused_before_work_starts(number, tmp_p
     print(f"CORPUS | write | {errno.errorcode[number]} output folder | {err.strip()} | {code}")
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", [[], ["--centralized"]], ids=["federated", "centralized"])
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(mode, tmp_path, federation, capsys):
+    """Two runs into one folder interleaved their rounds, scores and checkpoints, both exit 0."""
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run"), config)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from fedfms.run.lock import run_lock\n"
+                               f"with run_lock({str(tmp_path / 'run')!r}):\n print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(tmp_path / "run")
+        code, err = fedfms(capsys, "train", "--config", config, *mode)
+        assert code == 1 and err.strip() == f"error: {tmp_path / 'run'}: another run is writing into this folder " \
+                                            f"(pid {holder.pid}); wait for it to end or choose another output folder", err
+        assert snapshot(tmp_path / "run") == before  # nothing written
+    finally:
+        holder.communicate("")
+    print(f"CORPUS | run folder | a second run while one holds it | {err.strip()} | {code}")
+
+
+def test_the_run_lock_is_released_when_its_holder_is_killed(tmp_path):
+    from fedfms.run.lock import run_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from fedfms.run.lock import run_lock\n"
+                               f"with run_lock({str(tmp_path)!r}):\n print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    with run_lock(tmp_path):  # the stale file does not block
+        assert (tmp_path / ".fedfms.lock").read_text() == f"{os.getpid()}\n"
+
+
 # --- kills at named points ---------------------------------------------------------------------
 
 def killed(point: str, *args) -> subprocess.CompletedProcess:

@@ -15,8 +15,8 @@ from fedfms.federated.client_app import app as client_app
 from fedfms.federated.interrupt import stop_cleanly
 from fedfms.federated.reaper import reaped
 from fedfms.federated.server_app import server_app_for
-from fedfms.io import output_folder
 from fedfms.models import build_model
+from fedfms.run.lock import run_lock
 from fedfms.train.planning import needs_plan
 from fedfms.train.sites import (
     check_site_files,
@@ -44,9 +44,14 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     Node *i* serves the *i*-th client of ``data.clients`` (default: all folders under
     ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
-    all, so clients train one after another and each uses every core).
+    all, so clients train one after another and each uses every core). The run folder is held
+    for the run's life (:mod:`fedfms.run.lock`).
     """
-    output_folder(config.output_dir)
+    with run_lock(config.output_dir):
+        return _simulate(config, resume)
+
+
+def _simulate(config: RunConfig, resume: bool) -> dict[str, Any]:
     preflight(config)
     clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})

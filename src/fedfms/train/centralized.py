@@ -11,6 +11,7 @@ import torch
 
 from fedfms.config import RunConfig
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
+from fedfms.run.lock import run_lock
 from fedfms.run.tracker import RunTracker
 from fedfms.train.planning import fingerprint_site, needs_plan, plan_from_fingerprints, with_plan
 from fedfms.train.rounds import local_round
@@ -27,7 +28,13 @@ def _eval_rows(model: torch.nn.Module, sites: list[Site], config: RunConfig, rou
 
 
 def train_centralized(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train on the pooled data of every client but the unseen one; returns ``results.json``."""
+    """Train on the pooled data of every client but the unseen one; returns ``results.json``.
+    The run folder is held for the run's life (:mod:`fedfms.run.lock`)."""
+    with run_lock(config.output_dir):
+        return _train(config, resume)
+
+
+def _train(config: RunConfig, resume: bool) -> dict[str, Any]:
     sites = [load_site(path, config) for path in ordered_clients(config.data)]
     trainers = [s for s in sites if s.name != config.data.unseen]
     if not trainers:
