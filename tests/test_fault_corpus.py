@@ -363,6 +363,48 @@ def test_the_run_lock_is_released_when_its_holder_is_killed(tmp_path):
         assert (tmp_path / ".fedfms.lock").read_text() == f"{os.getpid()}\n"
 
 
+# --- damaged weights ---------------------------------------------------------------------------
+
+def damage(path: Path, size: int = 200_000) -> None:
+    """Overwrite the end of ``path`` (tensor data, not the header) with 0xFF bytes, in place."""
+    data = bytearray(path.read_bytes())
+    size = min(size, len(data) // 2)
+    data[-size:] = b"\xff" * size
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_model_checkpoint_is_refused_naming_the_file(tmp_path, capsys):
+    """0xFF over a best model's tensors predicted all-background masks with exit 0."""
+    cfg = ModelConfig(backbone="tiny", mode="msa", num_classes=1, image_size=64, pretrained=False)
+    save_checkpoint(tmp_path / "best_model", build_model(cfg), cfg, {})
+    damage(tmp_path / "best_model" / "model.safetensors")
+    save_png(tmp_path / "scan.png", np.full((64, 64), 90, np.uint8))
+    code, err = fedfms(capsys, "predict", "--checkpoint", tmp_path / "best_model", "--input", tmp_path / "scan.png",
+                       "--output", tmp_path / "masks", "--device", "cpu", "--no-progress")
+    line = f"{tmp_path / 'best_model' / 'model.safetensors'}: the file is damaged"
+    assert code == 1 and line in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "masks").exists() or not any((tmp_path / "masks").iterdir())
+    print(f"CORPUS | damaged weights | 0xFF over best_model's tensors, predict | {err.strip()} | {code}")
+
+
+def test_resume_from_a_damaged_round_falls_back_to_the_best_one_naming_it(tmp_path, federation, capsys, caplog):
+    """A damaged round was loaded on --resume and failed with 284 lines of 'loss became nan'."""
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run", rounds=2), config)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized")
+    assert code == 0, err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    damaged = checkpoints / "round-0002" / "trainable.safetensors"
+    damage(damaged)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized", "--resume", "--set", "federation.rounds=3")
+    assert code == 0, err
+    assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]
+    line = next(m for m in caplog.messages if "damaged" in m)
+    assert str(damaged) in line and "resuming from the best round" in line, line
+    assert "nan" not in err.lower()
+    print(f"CORPUS | damaged weights | 0xFF over the last round, --resume | {line} | 0")
+
+
 # --- kills at named points ---------------------------------------------------------------------
 
 def killed(point: str, *args) -> subprocess.CompletedProcess:

@@ -351,15 +351,9 @@ def predict_command(
 ) -> None:
     """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
     shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
-    from fedfms.models import CheckpointError
-
-    try:
-        written = predict_path(
-            checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
-            upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
-            progress=progress, tile=tile, tile_overlap=tile_overlap,
-        )
-    except (PredictError, CheckpointError) as err:
-        typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    written = predict_path(
+        checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
+        upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
+        progress=progress, tile=tile, tile_overlap=tile_overlap,
+    )
     typer.echo(f"{len(written)} mask file(s) written to {output}")
