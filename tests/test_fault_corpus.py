@@ -281,6 +281,60 @@ def test_bad_input_is_one_line_naming_the_file_and_changes_nothing(case, tmp_pat
     print(f"CORPUS | bad input | {case} | {[line for line in err.splitlines() if str(named) in line][-1].strip()} | {code}")
 
 
+@pytest.mark.parametrize("name", ["../escaped", "/abs/site", "a/b", ".", ".hidden", "x" * 65])
+def test_a_client_name_that_is_not_a_plain_folder_name_is_refused(name, tmp_path, prepared, capsys):
+    """``--client ../escaped`` wrote outside OUT; an absolute path wrote there (and travelled to
+    the server as the client's name); ``a/b`` and ``.`` left ``.tmp-*`` folders behind."""
+    before = snapshot(tmp_path)
+    code, err = fedfms(capsys, "prepare", "images", png_source(tmp_path / "src"), prepared, "--client", name, *PREPARE)
+    assert code == 1 and err.startswith(f"preparation failed, nothing written: --client: client name {name!r}: "
+                                        "expected a plain folder name"), err
+    assert len(err.strip().splitlines()) == 1
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("src/")} == before
+    assert not Path("/abs/site").exists()
+    print(f"CORPUS | bad input | --client {name[:12]} | {err.strip()} | {code}")
+
+
+def test_prepare_synthetic_does_not_replace_a_prepared_client_that_is_not_synthetic(prepared, capsys):
+    before = snapshot(prepared)
+    code, err = fedfms(capsys, "prepare", "synthetic", prepared, "--clients", "2", "--samples", "2")
+    assert code == 1 and f"{prepared / 'site-A'}: holds a prepared client that is not synthetic" in err, err
+    assert snapshot(prepared) == before and sorted(p.name for p in prepared.iterdir()) == ["site-A"]  # nor site-B
+    code, err = fedfms(capsys, "prepare", "synthetic", prepared, "--clients", "2", "--samples", "2", "--overwrite")
+    assert code == 0, err
+    code, again = fedfms(capsys, "prepare", "synthetic", prepared, "--clients", "2", "--samples", "3")
+    assert code == 0, again  # synthetic clients are simply regenerated
+    print(f"CORPUS | data safety | prepare synthetic over a real client | {err.strip()} | 1")
+
+
+@pytest.mark.parametrize("flag", ["--clients", "--samples"])
+def test_prepare_synthetic_with_no_sites_or_samples_is_refused_naming_the_flag(flag, tmp_path, capsys):
+    code, err = fedfms(capsys, "prepare", "synthetic", tmp_path / "out", flag, "0")
+    assert code == 2 and err.strip() == f"error: Invalid value for '{flag}': 0 is not in the range x>=1.", err
+    assert not (tmp_path / "out").exists()
+
+
+def test_monuseg_with_one_bad_organ_writes_nothing_and_the_rerun_works(tmp_path, capsys):
+    """It said "nothing written" but had written the good organ, and the re-run then failed."""
+    root = tmp_path / "MoNuSeg"
+    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
+        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
+        nucleus = np.zeros((12, 12), np.uint8)
+        nucleus[3:6, 3:6] = 255
+        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
+    bad = root / "liver" / "TCGA-18-5592" / "images" / "TCGA-18-5592.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not a PNG")
+    out = tmp_path / "prepared"
+    code, err = fedfms(capsys, "prepare", "monuseg", root, out, "--image-size", "12", "--mask-size", "12", "--no-progress")
+    assert code == 1 and "nothing written" in err and str(bad) in err, err
+    assert not out.exists() or [p.name for p in out.iterdir() if not p.name.startswith(".fedfms")] == []
+    bad.write_bytes(good)
+    code, again = fedfms(capsys, "prepare", "monuseg", root, out, "--image-size", "12", "--mask-size", "12", "--no-progress")
+    assert code == 0 and sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["breast", "liver"], again
+    print(f"CORPUS | data safety | monuseg, one bad organ of two | {err.strip().splitlines()[0]} | 1, then 0")
+
+
 # --- write failures ----------------------------------------------------------------------------
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_round(tmp_path, federation, capsys, monkeypatch):

@@ -7,6 +7,7 @@ import os
 import signal
 from types import FrameType
 
+import click
 import typer
 
 from fedfms.benchmarks.efficiency import efficiency_command
@@ -48,7 +49,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    """Console-script entry point. An error about the user's input or files (a config typo,
+    """Console-script entry point. A bad option value is one line naming the option (exit 2).
+    An error about the user's input or files (a config typo,
     corrupt data, a wrong checkpoint, a missing node) or a failed write (a full disk, a
     read-only folder) prints as one line naming the file and exits with 1; ``FEDFMS_DEBUG=1``
     shows its traceback instead. Ctrl-C and SIGTERM exit with 128 + the signal (130, 143) and
@@ -56,7 +58,17 @@ def main() -> None:
     :mod:`fedfms.federated.interrupt`)."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
+    except click.exceptions.NoArgsIsHelpError as usage:
+        usage.show()
+        raise SystemExit(usage.exit_code) from None
+    except click.UsageError as usage:  # a bad option value: one line naming the option, not typer's box
+        typer.secho(f"error: {usage.format_message()}", fg=typer.colors.RED, err=True)
+        raise SystemExit(usage.exit_code) from None
+    except click.Abort:
+        raise SystemExit(1) from None
     except Interrupted as stop:
         typer.secho(f"interrupted ({signal.Signals(stop.signum).name}); a training run's completed rounds are on "
                     "disk: run the same command with --resume to continue", fg=typer.colors.YELLOW, err=True)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fedfms.data.manifest import SampleRecord
+from fedfms.data.manifest import SampleRecord, check_client_name
 from fedfms.data.resize import resize_image, resize_mask
 from fedfms.data.validate import Problems
 from fedfms.data.writer import ClientWriter
@@ -65,6 +65,9 @@ class OutputSpec:
     mask_size: int = 256
     mode: str = "create"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_client_name(self.client)  # before anything is read or written
 
 
 def write_samples(
