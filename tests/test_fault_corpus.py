@@ -335,6 +335,78 @@ def test_monuseg_with_one_bad_organ_writes_nothing_and_the_rerun_works(tmp_path,
     print(f"CORPUS | data safety | monuseg, one bad organ of two | {err.strip().splitlines()[0]} | 1, then 0")
 
 
+def _train_set(pair: str):
+    def make(tmp: Path, federation: Path) -> list:
+        config = tmp / "run.yaml"
+        save_config(run_config(federation, tmp / "run"), config)
+        return ["train", "--config", config, "--set", pair]
+    return make
+
+
+def _experiment_unseen(tmp: Path, federation: Path) -> list:
+    path = tmp / "experiment.yaml"
+    path.write_text(json.dumps({
+        "name": "toy", "output_dir": str(tmp / "runs"), "models": ["FedMSA-PT"], "unseen": ["site-Z"],
+        "backbones": {"base": "tiny", "large": "tiny"},
+        "base": {"model": {"num_classes": 1, "image_size": 64}, "data": {"root": str(federation)}}}))
+    return ["experiment", "--config", path]
+
+
+def _folder(tmp: Path) -> Path:
+    (tmp / "folder").mkdir(exist_ok=True)
+    return tmp / "folder"
+
+
+UP_FRONT = {  # case: (arguments (tmp, federation) -> list, what the one line names)
+    "lr .inf": (_train_set("train.lr=.inf"), "train.lr: Input should be a finite number"),
+    "betas [1.5, -1]": (_train_set("train.betas=[1.5, -1]"), "train.betas.0: Input should be less than 1"),
+    "device banana": (_train_set("train.device=banana"), "train.device: Value error, 'banana' is not a device"),
+    "device cuda, no GPU": (_train_set("train.device=cuda"), "train.device 'cuda': this machine has no CUDA GPU"),
+    "rounds true": (_train_set("federation.rounds=true"), "federation.rounds: Input should be a valid integer"),
+    "unseen without a folder": (_train_set("data.unseen=site-Z"), "data.unseen 'site-Z' has no prepared client folder"),
+    "experiment, unseen without a folder": (_experiment_unseen, "data.unseen 'site-Z' has no prepared client folder"),
+    "demo --unseen without a folder": (lambda t, f: ["demo", "--data", f, "--unseen", "site-Z", "--out", t / "demo"],
+                                       "--unseen 'site-Z': no prepared client of that name"),
+    "demo --data empty": (lambda t, f: ["demo", "--data", _folder(t), "--out", t / "demo"],
+                          "the demo needs at least 2 prepared clients, found 0"),
+    "predict --device cuda": (lambda t, f: ["predict", "--checkpoint", t / "m", "-i", t / "x.png", "-o", t / "o",
+                                            "--device", "cuda"], "--device 'cuda': this machine has no CUDA GPU"),
+    "predict --clip-percentile 300": (lambda t, f: ["predict", "--checkpoint", t / "m", "-i", t / "x.png", "-o",
+                                                    t / "o", "--clip-percentile", "300"], "'--clip-percentile'"),
+    "report --paper liver": (lambda t, f: ["report", t, "--paper", "liver"], "Invalid value for --paper: 'liver'"),
+    "efficiency --device cuda": (lambda t, f: ["efficiency", "--device", "cuda", "--out", t / "e"],
+                                 "--device 'cuda': this machine has no CUDA GPU"),
+    "efficiency --precision fp8": (lambda t, f: ["efficiency", "--precision", "fp8", "--out", t / "e"],
+                                   "--precision 'fp8': expected auto, fp32, bf16, fp16"),
+    "efficiency --image-size 7": (lambda t, f: ["efficiency", "--image-size", "7", "--out", t / "e"], "'--image-size'"),
+    "bench step --device cuda": (lambda t, f: ["bench", "step", "--device", "cuda"], "--device 'cuda': this machine"),
+    "bench step --image-size 10": (lambda t, f: ["bench", "step", "--image-size", "10"], "'--image-size'"),
+    "bench step --out a folder": (lambda t, f: ["bench", "step", "--backbones", "tiny", "--out", _folder(t)],
+                                  "Invalid value for --out: "),
+    "prepare --tile -5": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--tile", "-5"], "'--tile'"),
+    "prepare --case-regex '(['": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--case-regex",
+                                                "(["], "Invalid value for --case-regex: '(['"),
+    "prepare --mask-size 100000": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--mask-size",
+                                                 "100000"], "'--mask-size'"),
+    "prepare --limit -1": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--limit", "-1"],
+                           "'--limit'"),
+}
+
+
+@pytest.mark.parametrize("case", UP_FRONT, ids=lambda c: c.replace(" ", "-"))
+def test_a_bad_value_is_refused_up_front_in_one_line_naming_it(case, tmp_path, federation, capsys):
+    if "cuda" in case and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    make, named = UP_FRONT[case]
+    args = make(tmp_path, federation)
+    before = snapshot(tmp_path)
+    code, err = fedfms(capsys, *args)
+    assert code in (1, 2) and len(err.strip().splitlines()) == 1 and named in err, err
+    assert snapshot(tmp_path) == before  # before any work: nothing written, no run folder
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name in ("run", "runs", "demo", "e", "p")]
+    print(f"CORPUS | up front | {case} | {err.strip()} | {code}")
+
+
 # --- write failures ----------------------------------------------------------------------------
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_round(tmp_path, federation, capsys, monkeypatch):

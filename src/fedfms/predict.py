@@ -340,7 +340,7 @@ def predict_command(
     threshold: Annotated[float, typer.Option(help="Foreground where sigmoid probability > threshold.")] = 0.5,
     channels: Annotated[str, typer.Option(help="Volumes: grey -> 3 channels by copy | neighbours (as prepared).")] = "copy",
     axis: Annotated[int, typer.Option(help="Volumes: slicing (depth) axis, as prepared.")] = 2,
-    clip_percentile: Annotated[float, typer.Option(help="Upper intensity percentile to clip at, as prepared.")] = 99.0,
+    clip_percentile: Annotated[float, typer.Option(min=0, max=100, help="Upper intensity percentile to clip at, as prepared.")] = 99.0,
     multi_channel: Annotated[bool, typer.Option(help="One {0,1} channel per class (4D NIfTI, one PNG per class) instead of labels.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
@@ -351,6 +351,9 @@ def predict_command(
 ) -> None:
     """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
     shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
+    from fedfms.train.device import resolve_device
+
+    resolve_device(device)  # a device this machine lacks is refused before the model is read
     written = predict_path(
         checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
         upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,

@@ -4,6 +4,7 @@ problem listed (file: problem) and nothing written."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,19 +15,20 @@ import typer
 if TYPE_CHECKING:
     from fedfms.data.prepare import OutputSpec, PrepareReport
 
+MAX_SIDE = 4096  # pixels of a stored image or mask side: a 100000 px mask asked for 80 GB
 prepare_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 Src = Annotated[Path, typer.Argument(help="source folder", exists=True, file_okay=False)]
 Out = Annotated[Path, typer.Argument(help="folder of prepared clients (created if needed)")]
 Client = Annotated[str | None, typer.Option(help="client (site) name; default: the source folder's name")]
-ImageSize = Annotated[int, typer.Option(help="stored image side (bilinear)")]
-MaskSize = Annotated[int, typer.Option(help="stored mask side (nearest)")]
+ImageSize = Annotated[int, typer.Option(min=8, max=MAX_SIDE, help="stored image side (bilinear)")]
+MaskSize = Annotated[int, typer.Option(min=8, max=MAX_SIDE, help="stored mask side (nearest)")]
 Overwrite = Annotated[bool, typer.Option(help="replace an existing client (only once preparation succeeded)")]
 Append = Annotated[bool, typer.Option(help="add samples to an existing client with the same classes and sizes")]
-Limit = Annotated[int | None, typer.Option(help="only the first N volumes / pairs / cases (quick trials)")]
+Limit = Annotated[int | None, typer.Option(min=1, help="only the first N volumes / pairs / cases (quick trials)")]
 SkipUnpaired = Annotated[bool, typer.Option(help="skip images without masks (and masks without images) with a warning")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
-Tile = Annotated[int | None, typer.Option(help="cut each image into square tiles of this side before resizing (default: resize whole)")]
+Tile = Annotated[int | None, typer.Option(min=8, help="cut each image into square tiles of this side before resizing (default: resize whole)")]
 
 
 def _output(
@@ -110,7 +112,7 @@ def nifti_command(
     channels: Annotated[str | None, typer.Option(help="copy | neighbours")] = None,
     keep_empty_every: Annotated[int | None, typer.Option(help="keep every k-th empty slice (1 = all, 0 = none)")] = None,
     axis: Annotated[int | None, typer.Option(help="slicing (depth) axis of the volume")] = None,
-    clip_percentile: Annotated[float | None, typer.Option(help="upper intensity percentile to clip at")] = None,
+    clip_percentile: Annotated[float | None, typer.Option(min=0, max=100, help="upper intensity percentile to clip at")] = None,
     image_suffix: Annotated[str | None, typer.Option(help="image file stem suffix, e.g. _t1ce or _0000")] = None,
     mask_suffix: Annotated[str | None, typer.Option(help="label file stem suffix, e.g. _seg")] = None,
     skip_unpaired: SkipUnpaired = False,
@@ -167,6 +169,12 @@ def images_command(
     """2D images/ + masks/ with matching names (PNG, JPEG, TIFF, NIfTI); mask encodings by option."""
     from fedfms.data.prepare.encodings import PRESETS, MaskEncoding, binary_encoding, parse_levels
     from fedfms.data.prepare.images import ImageOptions, prepare_images
+
+    if case_regex is not None:
+        try:
+            re.compile(case_regex)
+        except re.error as err:
+            raise typer.BadParameter(f"{case_regex!r} is not a regular expression: {err}", param_hint="--case-regex")
 
     def job():
         if preset is not None and preset not in PRESETS:

@@ -95,6 +95,8 @@ def run_matrix(experiment: ExperimentConfig) -> list[Path]:
     """Run every cell not finished yet; returns the cells' run folders."""
     cells = [(label, unseen) for unseen in folds(experiment) for label in experiment.models]
     configs = [cell_config(experiment, label, unseen) for label, unseen in cells]  # all errors before any run
+    for config in configs:
+        ordered_clients(config.data)  # every unseen client has a folder, before any run folder exists
     for index, ((label, unseen), config) in enumerate(zip(cells, configs), start=1):
         if (config.output_dir / RESULTS).exists():
             logger.info("cell %d/%d %s, unseen %s: finished, skipped", index, len(cells), label, unseen)

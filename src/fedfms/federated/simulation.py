@@ -17,6 +17,7 @@ from fedfms.federated.reaper import reaped
 from fedfms.federated.server_app import server_app_for
 from fedfms.models import build_model
 from fedfms.run.lock import run_lock
+from fedfms.train.device import resolve_device
 from fedfms.train.planning import needs_plan
 from fedfms.train.sites import (
     check_site_files,
@@ -32,7 +33,8 @@ def preflight(config: RunConfig) -> None:
     """What can be checked before the engine starts, so that a wrong setting or a broken folder
     is one clear error in seconds instead of a client failure after Ray's start-up: every client
     folder (manifest, classes against the model, sample files) and the model itself (input size,
-    pretrained weights file: built once here)."""
+    pretrained weights file: built once here) and the device (the virtual sites run here)."""
+    resolve_device(config.train.device, "train.device")
     for directory in ordered_clients(config.data):
         check_site_files(load_site(directory, config))
     if not needs_plan(config):  # an nnU-Net is planned from the sites' fingerprints first
@@ -47,12 +49,12 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     all, so clients train one after another and each uses every core). The run folder is held
     for the run's life (:mod:`fedfms.run.lock`).
     """
+    preflight(config)
     with run_lock(config.output_dir):
         return _simulate(config, resume)
 
 
 def _simulate(config: RunConfig, resume: bool) -> dict[str, Any]:
-    preflight(config)
     clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
     cores = os.cpu_count() or 1

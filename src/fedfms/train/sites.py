@@ -60,7 +60,7 @@ def site_inputs(site: Site, part: str, model: nn.Module, config: RunConfig,
     images = site.dataset(part, model_cfg)
     if model_cfg.arch != "sam" or model_cfg.mode != "decoder":
         return images
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, "train.device")
     root = config.train.embedding_cache or default_cache_root()
     return cached_embeddings(images, model, root, device, resolve_precision(config.train.precision, device),
                              desc=f"{site.name} {part} embeddings")
@@ -75,6 +75,9 @@ def ordered_clients(data: DataConfig) -> list[Path]:
     missing = [n for n in names if n not in found]
     if missing:
         raise SiteError(f"{data.root}: no prepared client folder for {missing} (found {sorted(found)})")
+    if data.unseen is not None and data.unseen not in names:
+        raise SiteError(f"{data.root}: data.unseen {data.unseen!r} has no prepared client folder here (clients: "
+                        f"{names})")
     return [found[n] for n in names]
 
 
@@ -116,7 +119,7 @@ def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: Model
     loader = make_loader(inputs, config.evaluation.batch_size, shuffle=False, seed=0,
                          num_workers=config.train.num_workers)
     scores = evaluate(model, loader, site.manifest.class_names, config.evaluation,
-                      resolve_device(config.train.device), config.train.precision)
+                      resolve_device(config.train.device, "train.device"), config.train.precision)
     return {"split": split, **scores}
 
 
