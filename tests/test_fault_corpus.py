@@ -584,6 +584,7 @@ def test_kill_between_the_renames_of_a_replaced_client_restores_it(tmp_path, pre
     print(f"CORPUS | kill | prepare --overwrite, between its two renames | {line.strip()} | -9, then 0")
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("point", ["train-round-2", "checkpoint-round-2", "best-swap"])
 def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_path, federation, capsys, caplog):
     config = tmp_path / "run.yaml"
@@ -592,9 +593,9 @@ def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_pa
     checkpoints = tmp_path / "run" / "checkpoints"
     last = (checkpoints / "LATEST").read_text()
     kept = snapshot(checkpoints / last)
-    assert snapshot(checkpoints / last) == kept
     code, err = fedfms(capsys, "train", "--config", config, "--centralized")  # forgetting --resume
     assert code == 1 and "--resume" in err and str(tmp_path / "run") in err, err
+    assert (checkpoints / "LATEST").read_text() == last and snapshot(checkpoints / last) == kept  # refused: untouched
     code, err = fedfms(capsys, "train", "--config", config, "--centralized", "--resume")
     assert code == 0, err
     assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]

@@ -23,6 +23,7 @@ def _query(node: int) -> Message:
     return Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY)
 
 
+@pytest.mark.timeout(30)
 def test_the_timeout_holds_while_a_pull_is_blocked_by_a_half_uploaded_reply():
     grid = FakeGrid([1, 2], {1: RecordDict(), 2: RecordDict()}, stalled=(2,))
     start = time.monotonic()
@@ -32,10 +33,15 @@ def test_the_timeout_holds_while_a_pull_is_blocked_by_a_half_uploaded_reply():
     assert replies == []  # the blocked pull carried both replies: none arrived in time
 
 
+@pytest.mark.timeout(30)
 def test_replies_are_paired_with_their_destination_and_missing_nodes_left_out():
-    grid = FakeGrid([1, 2, 3], {1: RecordDict(), 3: RecordDict()})
-    replies = exchange(grid, [_query(1), _query(2), _query(3)], timeout=1.0)
-    assert sorted(node for node, _ in replies) == [1, 3]
+    def says(who: str) -> RecordDict:
+        return RecordDict({P.INFO: ConfigRecord({"client": who})})
+
+    grid = FakeGrid([1, 2, 3, 4], {1: says("one"), 3: says("three"), 4: says("four")})
+    replies = exchange(grid, [_query(4), _query(2), _query(3), _query(1)], timeout=1.0)
+    assert [(node, str(reply.content[P.INFO]["client"])) for node, reply in replies] == \
+        [(4, "four"), (3, "three"), (1, "one")]  # each reply with its own node, in the messages' order
 
 
 def _info(client: str, digest: str = "d") -> RecordDict:

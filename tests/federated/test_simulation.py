@@ -105,6 +105,7 @@ def _after_round_1(config, tmp_path, stderr=subprocess.PIPE) -> tuple[list[str],
     return command, run, psutil.Process(run.pid).children(recursive=True)
 
 
+@pytest.mark.timeout(600)
 def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
     config = run_config(federation, tmp_path / "run", rounds=8)
     command, first, helpers = _after_round_1(config, tmp_path)
@@ -141,6 +142,7 @@ def test_sigterm_to_the_process_group_stops_as_ctrl_c_does(federation, tmp_path,
     assert not (config.output_dir / "results.json").exists(), "the run finished before it could be stopped"
 
 
+@pytest.mark.timeout(600)
 def test_a_killed_run_leaves_no_process_behind(federation, tmp_path, run_config):
     """SIGKILL gives the run no chance to clean up; Ray's agents (children of the raylet) used to
     survive it. The reaper's watchdog ends every process the run started."""
