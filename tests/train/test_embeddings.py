@@ -3,6 +3,9 @@ on changes (tiny SAM in decoder mode; the cache is the same for every backbone).
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +76,15 @@ def test_decoder_mode_batches_give_the_same_logits_as_images(tmp_path: Path) -> 
         from_cache = model.classify(torch.stack([cached[i]["embedding"] for i in range(2)]))
     assert from_cache.shape == from_images.shape == (2, 1, 16, 16)
     assert torch.allclose(from_cache, from_images, atol=1e-2)
+
+
+def test_the_progress_line_reports_the_time_it_took(tmp_path: Path, caplog) -> None:
+    """The batch loop's index once overwrote the timer: 36 embeddings in 2574 s for 133 s of work."""
+    images, model = _dataset(tmp_path / "data", count=12), _model()  # 3 batches: the index reaches 8
+    caplog.set_level(logging.INFO, logger="fedfms")
+    start = time.perf_counter()
+    cached_embeddings(images, model, tmp_path / "cache", CPU, torch.float32)
+    wall = time.perf_counter() - start
+    [line] = [m for m in caplog.messages if " embeddings in " in m]
+    seconds = float(re.search(r"12 embeddings in (\d+) s", line).group(1))
+    assert seconds <= wall + 0.5, line

@@ -95,8 +95,8 @@ def cached_embeddings(
         start = time.perf_counter()
         was_training = model.training
         model.to(device).eval()
-        for start in tqdm(range(0, len(missing), _BATCH), desc=desc, unit="batch", leave=False, disable=None):
-            chunk = missing[start : start + _BATCH]
+        for first in tqdm(range(0, len(missing), _BATCH), desc=desc, unit="batch", leave=False, disable=None):
+            chunk = missing[first : first + _BATCH]
             batch = torch.stack([images.load_image(i) for i in chunk]).to(device)
             with autocast(device, dtype):
                 embeddings = model.embed(batch)
