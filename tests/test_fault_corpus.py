@@ -54,8 +54,8 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def fedfms(capsys, *args: str) -> tuple[int, str]:
-    """Run the command line in this process: (exit status, what it printed on stderr)."""
+def fedfms_out(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command line in this process: (exit status, what it printed on stdout, on stderr)."""
     saved = sys.argv
     sys.argv = ["fedfms", *map(str, args)]
     try:
@@ -65,7 +65,14 @@ def fedfms(capsys, *args: str) -> tuple[int, str]:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = saved
-    return code, capsys.readouterr().err
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def fedfms(capsys, *args: str) -> tuple[int, str]:
+    """Run the command line in this process: (exit status, what it printed on stderr)."""
+    code, _, err = fedfms_out(capsys, *args)
+    return code, err
 
 
 def png_source(root: Path, cases: int = 3, size: int = 32) -> Path:
@@ -405,6 +412,31 @@ def test_a_bad_value_is_refused_up_front_in_one_line_naming_it(case, tmp_path, f
     assert snapshot(tmp_path) == before  # before any work: nothing written, no run folder
     assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name in ("run", "runs", "demo", "e", "p")]
     print(f"CORPUS | up front | {case} | {err.strip()} | {code}")
+
+
+def test_silent_acceptances_of_prepare_are_now_said(tmp_path, capsys):
+    """A volume at +-3e38 was stored black; a blank image with a labelled mask and a broken
+    symbolic link passed without a word; --channels rgb was accepted by prepare, refused by predict."""
+    image, _ = volume_pair(tmp_path / "nifti", "case1")
+    data = nib.load(image).get_fdata().astype(np.float32)
+    save_nifti(image, np.where(data > data.mean(), 3e38, -3e38).astype(np.float32))
+    code, err = fedfms(capsys, "prepare", "nifti", tmp_path / "nifti", tmp_path / "out", "--client", "huge", *PREPARE)
+    assert code == 0, err
+    stored = np.stack([np.load(p) for p in (tmp_path / "out" / "huge" / "images").iterdir()])
+    assert stored.max() == 255 and stored.min() == 0  # not all black
+    code, err = fedfms(capsys, "prepare", "nifti", tmp_path / "nifti", tmp_path / "out", "--client", "rgb",
+                       "--channels", "rgb", *PREPARE)
+    assert code == 1 and "--channels 'rgb': expected copy or neighbours" in err, err
+
+    src = png_source(tmp_path / "src")
+    save_png(src / "images" / "c1.png", np.zeros((32, 32), np.uint8))
+    (src / "images" / "c9.png").symlink_to(tmp_path / "gone.png")
+    code, out, err = fedfms_out(capsys, "prepare", "images", src, tmp_path / "out", "--client", "blank", *PREPARE)
+    assert code == 0, err
+    printed = out + err
+    assert "c1.png: blank image (one value everywhere) with a labelled mask" in printed, printed
+    assert f"{src / 'images' / 'c9.png'}: broken symbolic link" in printed, printed
+    print("CORPUS | silent | +-3e38 volume, blank image, broken link, --channels rgb | said | 0, 1")
 
 
 # --- write failures ----------------------------------------------------------------------------

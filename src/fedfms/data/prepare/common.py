@@ -93,6 +93,11 @@ def write_samples(
     with ClientWriter(out.out_root, out.client, class_names, out.image_size, out.mask_size, settings, out.mode) as writer:
         for unit in tqdm(units, desc=f"prepare {out.client}", unit="file", disable=not out.progress, leave=False):
             for raw in convert(unit, problems, report):
+                if raw.mask.any() and raw.image.min() == raw.image.max():
+                    where = raw.record.source + ("" if raw.record.slice_index is None else
+                                                 f" slice {raw.record.slice_index}")
+                    report.warnings.append(f"{where}: blank image (one value everywhere) with a labelled mask; "
+                                           "check the image and its intensities")
                 if problems:
                     continue  # keep checking the rest, but write nothing once something is wrong
                 mask = resize_mask(raw.mask, out.mask_size)
