@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,8 +56,8 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def fedfms(capsys, *args: str) -> tuple[int, str]:
-    """Run the command line in this process: (exit status, what it printed on stderr)."""
+def fedfms_out(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command line in this process: (exit status, what it printed on stdout, on stderr)."""
     saved = sys.argv
     sys.argv = ["fedfms", *map(str, args)]
     try:
@@ -66,7 +67,14 @@ def fedfms(capsys, *args: str) -> tuple[int, str]:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = saved
-    return code, capsys.readouterr().err
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def fedfms(capsys, *args: str) -> tuple[int, str]:
+    """Run the command line in this process: (exit status, what it printed on stderr)."""
+    code, _, err = fedfms_out(capsys, *args)
+    return code, err
 
 
 def png_source(root: Path, cases: int = 3, size: int = 32) -> Path:
@@ -282,6 +290,157 @@ def test_bad_input_is_one_line_naming_the_file_and_changes_nothing(case, tmp_pat
     print(f"CORPUS | bad input | {case} | {[line for line in err.splitlines() if str(named) in line][-1].strip()} | {code}")
 
 
+@pytest.mark.parametrize("name", ["../escaped", "/abs/site", "a/b", ".", ".hidden", "x" * 65])
+def test_a_client_name_that_is_not_a_plain_folder_name_is_refused(name, tmp_path, prepared, capsys):
+    """``--client ../escaped`` wrote outside OUT; an absolute path wrote there (and travelled to
+    the server as the client's name); ``a/b`` and ``.`` left ``.tmp-*`` folders behind."""
+    before = snapshot(tmp_path)
+    code, err = fedfms(capsys, "prepare", "images", png_source(tmp_path / "src"), prepared, "--client", name, *PREPARE)
+    assert code == 1 and err.startswith(f"preparation failed, nothing written: --client: client name {name!r}: "
+                                        "expected a plain folder name"), err
+    assert len(err.strip().splitlines()) == 1
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("src/")} == before
+    assert not Path("/abs/site").exists()
+    print(f"CORPUS | bad input | --client {name[:12]} | {err.strip()} | {code}")
+
+
+def test_prepare_synthetic_does_not_replace_a_prepared_client_that_is_not_synthetic(prepared, capsys):
+    before = snapshot(prepared)
+    code, err = fedfms(capsys, "prepare", "synthetic", prepared, "--clients", "2", "--samples", "2")
+    assert code == 1 and f"{prepared / 'site-A'}: holds a prepared client that is not synthetic" in err, err
+    assert snapshot(prepared) == before and sorted(p.name for p in prepared.iterdir()) == ["site-A"]  # nor site-B
+    code, err = fedfms(capsys, "prepare", "synthetic", prepared, "--clients", "2", "--samples", "2", "--overwrite")
+    assert code == 0, err
+    code, again = fedfms(capsys, "prepare", "synthetic", prepared, "--clients", "2", "--samples", "3")
+    assert code == 0, again  # synthetic clients are simply regenerated
+    print(f"CORPUS | data safety | prepare synthetic over a real client | {err.strip()} | 1")
+
+
+@pytest.mark.parametrize("flag", ["--clients", "--samples"])
+def test_prepare_synthetic_with_no_sites_or_samples_is_refused_naming_the_flag(flag, tmp_path, capsys):
+    code, err = fedfms(capsys, "prepare", "synthetic", tmp_path / "out", flag, "0")
+    assert code == 2 and err.strip() == f"error: Invalid value for '{flag}': 0 is not in the range x>=1.", err
+    assert not (tmp_path / "out").exists()
+
+
+def test_monuseg_with_one_bad_organ_writes_nothing_and_the_rerun_works(tmp_path, capsys):
+    """It said "nothing written" but had written the good organ, and the re-run then failed."""
+    root = tmp_path / "MoNuSeg"
+    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
+        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
+        nucleus = np.zeros((12, 12), np.uint8)
+        nucleus[3:6, 3:6] = 255
+        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
+    bad = root / "liver" / "TCGA-18-5592" / "images" / "TCGA-18-5592.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not a PNG")
+    out = tmp_path / "prepared"
+    code, err = fedfms(capsys, "prepare", "monuseg", root, out, "--image-size", "12", "--mask-size", "12", "--no-progress")
+    assert code == 1 and "nothing written" in err and str(bad) in err, err
+    assert not out.exists() or [p.name for p in out.iterdir() if not p.name.startswith(".fedfms")] == []
+    bad.write_bytes(good)
+    code, again = fedfms(capsys, "prepare", "monuseg", root, out, "--image-size", "12", "--mask-size", "12", "--no-progress")
+    assert code == 0 and sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["breast", "liver"], again
+    print(f"CORPUS | data safety | monuseg, one bad organ of two | {err.strip().splitlines()[0]} | 1, then 0")
+
+
+def _train_set(pair: str):
+    def make(tmp: Path, federation: Path) -> list:
+        config = tmp / "run.yaml"
+        save_config(run_config(federation, tmp / "run"), config)
+        return ["train", "--config", config, "--set", pair]
+    return make
+
+
+def _experiment_unseen(tmp: Path, federation: Path) -> list:
+    path = tmp / "experiment.yaml"
+    path.write_text(json.dumps({
+        "name": "toy", "output_dir": str(tmp / "runs"), "models": ["FedMSA-PT"], "unseen": ["site-Z"],
+        "backbones": {"base": "tiny", "large": "tiny"},
+        "base": {"model": {"num_classes": 1, "image_size": 64}, "data": {"root": str(federation)}}}))
+    return ["experiment", "--config", path]
+
+
+def _folder(tmp: Path) -> Path:
+    (tmp / "folder").mkdir(exist_ok=True)
+    return tmp / "folder"
+
+
+UP_FRONT = {  # case: (arguments (tmp, federation) -> list, what the one line names)
+    "lr .inf": (_train_set("train.lr=.inf"), "train.lr: Input should be a finite number"),
+    "betas [1.5, -1]": (_train_set("train.betas=[1.5, -1]"), "train.betas.0: Input should be less than 1"),
+    "device banana": (_train_set("train.device=banana"), "train.device: Value error, 'banana' is not a device"),
+    "device cuda, no GPU": (_train_set("train.device=cuda"), "train.device 'cuda': this machine has no CUDA GPU"),
+    "rounds true": (_train_set("federation.rounds=true"), "federation.rounds: Input should be a valid integer"),
+    "unseen without a folder": (_train_set("data.unseen=site-Z"), "data.unseen 'site-Z' has no prepared client folder"),
+    "experiment, unseen without a folder": (_experiment_unseen, "data.unseen 'site-Z' has no prepared client folder"),
+    "demo --unseen without a folder": (lambda t, f: ["demo", "--data", f, "--unseen", "site-Z", "--out", t / "demo"],
+                                       "--unseen 'site-Z': no prepared client of that name"),
+    "demo --data empty": (lambda t, f: ["demo", "--data", _folder(t), "--out", t / "demo"],
+                          "the demo needs at least 2 prepared clients, found 0"),
+    "predict --device cuda": (lambda t, f: ["predict", "--checkpoint", t / "m", "-i", t / "x.png", "-o", t / "o",
+                                            "--device", "cuda"], "--device 'cuda': this machine has no CUDA GPU"),
+    "predict --clip-percentile 300": (lambda t, f: ["predict", "--checkpoint", t / "m", "-i", t / "x.png", "-o",
+                                                    t / "o", "--clip-percentile", "300"], "'--clip-percentile'"),
+    "report --paper liver": (lambda t, f: ["report", t, "--paper", "liver"], "Invalid value for --paper: 'liver'"),
+    "efficiency --device cuda": (lambda t, f: ["efficiency", "--device", "cuda", "--out", t / "e"],
+                                 "--device 'cuda': this machine has no CUDA GPU"),
+    "efficiency --precision fp8": (lambda t, f: ["efficiency", "--precision", "fp8", "--out", t / "e"],
+                                   "--precision 'fp8': expected auto, fp32, bf16, fp16"),
+    "efficiency --image-size 7": (lambda t, f: ["efficiency", "--image-size", "7", "--out", t / "e"], "'--image-size'"),
+    "bench step --device cuda": (lambda t, f: ["bench", "step", "--device", "cuda"], "--device 'cuda': this machine"),
+    "bench step --image-size 10": (lambda t, f: ["bench", "step", "--image-size", "10"], "'--image-size'"),
+    "bench step --out a folder": (lambda t, f: ["bench", "step", "--backbones", "tiny", "--out", _folder(t)],
+                                  "Invalid value for --out: "),
+    "prepare --tile -5": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--tile", "-5"], "'--tile'"),
+    "prepare --case-regex '(['": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--case-regex",
+                                                "(["], "Invalid value for --case-regex: '(['"),
+    "prepare --mask-size 100000": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--mask-size",
+                                                 "100000"], "'--mask-size'"),
+    "prepare --limit -1": (lambda t, f: ["prepare", "images", png_source(t / "src"), t / "p", "--limit", "-1"],
+                           "'--limit'"),
+}
+
+
+@pytest.mark.parametrize("case", UP_FRONT, ids=lambda c: c.replace(" ", "-"))
+def test_a_bad_value_is_refused_up_front_in_one_line_naming_it(case, tmp_path, federation, capsys):
+    if "cuda" in case and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    make, named = UP_FRONT[case]
+    args = make(tmp_path, federation)
+    before = snapshot(tmp_path)
+    code, err = fedfms(capsys, *args)
+    assert code in (1, 2) and len(err.strip().splitlines()) == 1 and named in err, err
+    assert snapshot(tmp_path) == before  # before any work: nothing written, no run folder
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name in ("run", "runs", "demo", "e", "p")]
+    print(f"CORPUS | up front | {case} | {err.strip()} | {code}")
+
+
+def test_silent_acceptances_of_prepare_are_now_said(tmp_path, capsys):
+    """A volume at +-3e38 was stored black; a blank image with a labelled mask and a broken
+    symbolic link passed without a word; --channels rgb was accepted by prepare, refused by predict."""
+    image, _ = volume_pair(tmp_path / "nifti", "case1")
+    data = nib.load(image).get_fdata().astype(np.float32)
+    save_nifti(image, np.where(data > data.mean(), 3e38, -3e38).astype(np.float32))
+    code, err = fedfms(capsys, "prepare", "nifti", tmp_path / "nifti", tmp_path / "out", "--client", "huge", *PREPARE)
+    assert code == 0, err
+    stored = np.stack([np.load(p) for p in (tmp_path / "out" / "huge" / "images").iterdir()])
+    assert stored.max() == 255 and stored.min() == 0  # not all black
+    code, err = fedfms(capsys, "prepare", "nifti", tmp_path / "nifti", tmp_path / "out", "--client", "rgb",
+                       "--channels", "rgb", *PREPARE)
+    assert code == 1 and "--channels 'rgb': expected copy or neighbours" in err, err
+
+    src = png_source(tmp_path / "src")
+    save_png(src / "images" / "c1.png", np.zeros((32, 32), np.uint8))
+    (src / "images" / "c9.png").symlink_to(tmp_path / "gone.png")
+    code, out, err = fedfms_out(capsys, "prepare", "images", src, tmp_path / "out", "--client", "blank", *PREPARE)
+    assert code == 0, err
+    printed = out + err
+    assert "c1.png: blank image (one value everywhere) with a labelled mask" in printed, printed
+    assert f"{src / 'images' / 'c9.png'}: broken symbolic link" in printed, printed
+    print("CORPUS | silent | +-3e38 volume, blank image, broken link, --channels rgb | said | 0, 1")
+
+
 # --- write failures ----------------------------------------------------------------------------
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_round(tmp_path, federation, capsys, monkeypatch):
@@ -328,6 +487,82 @@ def test_an_unwritable_output_folder_is_refused_before_work_starts(number, tmp_p
     assert code == 1 and err.startswith(f"error: cannot write the output folder: {tmp_path / 'run'}: "), err
     assert len(err.strip().splitlines()) == 1
     print(f"CORPUS | write | {errno.errorcode[number]} output folder | {err.strip()} | {code}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", [[], ["--centralized"]], ids=["federated", "centralized"])
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(mode, tmp_path, federation, capsys):
+    """Two runs into one folder interleaved their rounds, scores and checkpoints, both exit 0."""
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run"), config)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from fedfms.run.lock import run_lock\n"
+                               f"with run_lock({str(tmp_path / 'run')!r}):\n print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(tmp_path / "run")
+        code, err = fedfms(capsys, "train", "--config", config, *mode)
+        assert code == 1 and err.strip() == f"error: {tmp_path / 'run'}: another run is writing into this folder " \
+                                            f"(pid {holder.pid}); wait for it to end or choose another output folder", err
+        assert snapshot(tmp_path / "run") == before  # nothing written
+    finally:
+        holder.communicate("")
+    print(f"CORPUS | run folder | a second run while one holds it | {err.strip()} | {code}")
+
+
+def test_the_run_lock_is_released_when_its_holder_is_killed(tmp_path):
+    from fedfms.run.lock import run_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from fedfms.run.lock import run_lock\n"
+                               f"with run_lock({str(tmp_path)!r}):\n print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    with run_lock(tmp_path):  # the stale file does not block
+        assert (tmp_path / ".fedfms.lock").read_text() == f"{os.getpid()}\n"
+
+
+# --- damaged weights ---------------------------------------------------------------------------
+
+def damage(path: Path, size: int = 200_000) -> None:
+    """Overwrite the end of ``path`` (tensor data, not the header) with 0xFF bytes, in place."""
+    data = bytearray(path.read_bytes())
+    size = min(size, len(data) // 2)
+    data[-size:] = b"\xff" * size
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_model_checkpoint_is_refused_naming_the_file(tmp_path, capsys):
+    """0xFF over a best model's tensors predicted all-background masks with exit 0."""
+    cfg = ModelConfig(backbone="tiny", mode="msa", num_classes=1, image_size=64, pretrained=False)
+    save_checkpoint(tmp_path / "best_model", build_model(cfg), cfg, {})
+    damage(tmp_path / "best_model" / "model.safetensors")
+    save_png(tmp_path / "scan.png", np.full((64, 64), 90, np.uint8))
+    code, err = fedfms(capsys, "predict", "--checkpoint", tmp_path / "best_model", "--input", tmp_path / "scan.png",
+                       "--output", tmp_path / "masks", "--device", "cpu", "--no-progress")
+    line = f"{tmp_path / 'best_model' / 'model.safetensors'}: the file is damaged"
+    assert code == 1 and line in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "masks").exists() or not any((tmp_path / "masks").iterdir())
+    print(f"CORPUS | damaged weights | 0xFF over best_model's tensors, predict | {err.strip()} | {code}")
+
+
+def test_resume_from_a_damaged_round_falls_back_to_the_best_one_naming_it(tmp_path, federation, capsys, caplog):
+    """A damaged round was loaded on --resume and failed with 284 lines of 'loss became nan'."""
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run", rounds=2), config)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized")
+    assert code == 0, err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    damaged = checkpoints / "round-0002" / "trainable.safetensors"
+    damage(damaged)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized", "--resume", "--set", "federation.rounds=3")
+    assert code == 0, err
+    assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]
+    line = next(m for m in caplog.messages if "damaged" in m)
+    assert str(damaged) in line and "resuming from the best round" in line, line
+    assert "nan" not in err.lower()
+    print(f"CORPUS | damaged weights | 0xFF over the last round, --resume | {line} | 0")
 
 
 # --- kills at named points ---------------------------------------------------------------------
@@ -383,6 +618,7 @@ def test_kill_between_the_renames_of_a_replaced_client_restores_it(tmp_path, pre
     print(f"CORPUS | kill | prepare --overwrite, between its two renames | {line.strip()} | -9, then 0")
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("point", ["train-round-2", "checkpoint-round-2", "best-swap"])
 def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_path, federation, capsys, caplog):
     config = tmp_path / "run.yaml"
@@ -391,14 +627,36 @@ def test_kill_during_training_resumes_from_the_last_complete_round(point, tmp_pa
     checkpoints = tmp_path / "run" / "checkpoints"
     last = (checkpoints / "LATEST").read_text()
     kept = snapshot(checkpoints / last)
-    assert snapshot(checkpoints / last) == kept
     code, err = fedfms(capsys, "train", "--config", config, "--centralized")  # forgetting --resume
     assert code == 1 and "--resume" in err and str(tmp_path / "run") in err, err
+    assert (checkpoints / "LATEST").read_text() == last and snapshot(checkpoints / last) == kept  # refused: untouched
     code, err = fedfms(capsys, "train", "--config", config, "--centralized", "--resume")
     assert code == 0, err
     assert [r["round"] for r in read_rows(tmp_path / "run") if r["kind"] == "round"] == [1, 2, 3]
     line = next(line for line in [*err.splitlines(), *caplog.messages] if "resuming" in line)  # console or log
     print(f"CORPUS | kill | {point} | {line.strip()} | -9, then 0")
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_during_centralized_training_stops_as_ctrl_c_does(tmp_path, federation, capsys, monkeypatch):
+    """SIGTERM (schedulers, systemd, ``timeout``) once round 1 is on disk: exit 143, the resume
+    line, the round kept (the simulated run's case is in tests/federated/test_simulation.py)."""
+    import fedfms.run.tracker as tracker
+
+    config = tmp_path / "run.yaml"
+    save_config(run_config(federation, tmp_path / "run", rounds=3), config)
+    real = tracker.save_round
+
+    def save_round(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tracker, "save_round", save_round)
+    code, err = fedfms(capsys, "train", "--config", config, "--centralized")
+    assert code == 143 and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)") and "--resume" in err, err
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "round-0001"
+    assert not (tmp_path / "run" / "results.json").exists()
+    print(f"CORPUS | signal | SIGTERM after round 1 | {err.strip().splitlines()[-1]} | {code}")
 
 
 # --- faulty sites ------------------------------------------------------------------------------
@@ -414,9 +672,11 @@ SITE_FAULTS = {
     "wrong tensors": (lambda w: _update({"v": w}), "missing ['w']"),
     "error reply": (lambda w: FlowerError(code=0, reason="site-D: ValueError while handling train"), "ValueError"),
     "no reply": (None, "no reply before the timeout"),
+    "offline": (None, "not connected"),  # nothing waits for it (Flower's sampling would, forever)
 }
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", SITE_FAULTS, ids=lambda c: c.replace(" ", "-"))
 def test_a_faulty_site_is_named_and_left_out_of_the_round(case, task_identity):
     make, reason = SITE_FAULTS[case]
@@ -425,13 +685,13 @@ def test_a_faulty_site_is_named_and_left_out_of_the_round(case, task_identity):
     answers = {n.node_id: _update({"w": torch.full((4,), 0.1 * n.node_id)}) for n in nodes[:3]}
     if make is not None:
         answers[4] = make(torch.zeros(4))
-    grid = FakeGrid([n.node_id for n in nodes], answers)
+    grid = FakeGrid([n.node_id for n in nodes if case != "offline" or n.client != "site-D"], answers)
     config = RunConfig(data=DataConfig(clients=[n.client for n in nodes]), federation=FederationConfig(round_timeout_s=1))
     strategy = make_strategy(config.federation, min_train_nodes=2)
     valid, rows, failed, silent = _train_round(grid, strategy, nodes, {n.node_id: n for n in nodes}, arrays,
                                                record_shapes(arrays), config, 1, 2, "run the same command with --resume")
     assert sorted(n.client for n, _ in valid) == ["site-A", "site-B", "site-C"]
-    assert silent == ({4} if case == "no reply" else set())  # not asked to evaluate in this round
+    assert silent == ({4} if case in ("no reply", "offline") else set())  # not asked to evaluate in this round
     assert len(failed) == 1 and failed[0].startswith("site-D (train)") and reason in failed[0], failed
     print(f"CORPUS | site | {case} | {failed[0]} | round goes on")
 

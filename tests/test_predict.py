@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,12 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from typer import Typer
-from typer.testing import CliRunner
 
+from fedfms.cli import main
 from fedfms.config import ModelConfig
 from fedfms.models import CheckpointError, build_model, save_checkpoint
-from fedfms.predict import PredictError, Predictor, predict_command, predict_path
+from fedfms.predict import PredictError, Predictor, predict_path
 
 AFFINE = np.array([[0.0, -0.8, 0.1, 12.5], [0.9, 0.0, 0.0, -40.0], [0.0, 0.2, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -193,11 +193,11 @@ def test_bad_checkpoints_and_paths_give_clear_errors(checkpoint: Path, tmp_path:
         predict_path(checkpoint, scan, tmp_path)
 
 
-def test_command_exits_with_the_message(checkpoint: Path, tmp_path: Path) -> None:
-    app = Typer()
-    app.command()(predict_command)
+def test_command_exits_with_the_message(checkpoint: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     (tmp_path / "scan.png").write_bytes(b"\x89PNG broken")
-    result = CliRunner().invoke(app, ["--checkpoint", str(checkpoint), "-i", str(tmp_path / "scan.png"),
-                                      "-o", str(tmp_path / "out"), "--no-progress"])
-    assert result.exit_code == 1
-    assert "scan.png: unreadable" in result.output
+    monkeypatch.setattr(sys, "argv", ["fedfms", "predict", "--checkpoint", str(checkpoint), "-i",
+                                      str(tmp_path / "scan.png"), "-o", str(tmp_path / "out"), "--no-progress"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("error: 1 of 1 input(s) failed") and "scan.png: unreadable" in err

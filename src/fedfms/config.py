@@ -17,11 +17,12 @@ config is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from fedfms.errors import FedfmsError
 
@@ -37,8 +38,12 @@ StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmeda
 MetricProtocol = Literal["standard", "paper"]
 
 
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")  # whether this machine has it: fedfms.train.device
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no .inf / .nan in any number: a learning rate of .inf made every node fail, not the config
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class UNetConfig(_Strict):
@@ -46,7 +51,7 @@ class UNetConfig(_Strict):
     ``res_units`` residual units per level."""
 
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    res_units: int = Field(2, ge=0)
+    res_units: int = Field(2, strict=True, ge=0)
 
 
 class NnUNetConfig(_Strict):
@@ -65,8 +70,8 @@ class NnUNetConfig(_Strict):
 
     recipe: Literal["nnunet", "paper"] = "nnunet"
     gpu_memory_gb: float = Field(8.0, gt=0)
-    iterations_per_round: int = Field(250, ge=1)
-    augmentation_workers: int = Field(0, ge=0)
+    iterations_per_round: int = Field(250, strict=True, ge=1)
+    augmentation_workers: int = Field(0, strict=True, ge=0)
     tile_step: float = Field(0.5, gt=0, le=1)
     mirroring: bool = False
     plan: dict[str, Any] | None = None
@@ -106,15 +111,15 @@ class ModelConfig(_Strict):
     arch: Architecture = "sam"
     backbone: Backbone = "vit_b"
     mode: FineTuneMode = "msa"
-    num_classes: int = Field(1, ge=1)
-    image_size: int = Field(1024, ge=32)
+    num_classes: int = Field(1, strict=True, ge=1)
+    image_size: int = Field(1024, strict=True, ge=32)
     checkpoint: Path | None = None
     pretrained: bool | None = None
     prompt: Literal["full_box", "none", "bare"] | None = None
     input_norm: Literal["imagenet", "unit"] | None = None
     head: Literal["conv", "token0"] = "conv"
     adapter_ratio: float = Field(0.25, gt=0, le=1)
-    lora_rank: int = Field(8, ge=1)
+    lora_rank: int = Field(8, strict=True, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     unet: UNetConfig = UNetConfig()
     nnunet: NnUNetConfig = NnUNetConfig()
@@ -214,21 +219,28 @@ class TrainConfig(_Strict):
     pass instead of keeping them: less memory per client, one more encoder forward per step.
     """
 
-    batch_size: int = Field(6, ge=1)
+    batch_size: int = Field(6, strict=True, ge=1)
     lr: float = Field(1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    local_epochs: int = Field(1, ge=1)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    local_epochs: int = Field(1, strict=True, ge=1)
     pos_weight: float = Field(2.0, gt=0)
     loss: LossName = "bce"
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, strict=True, ge=1)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, strict=True, ge=0)
     gradient_checkpointing: bool = False
     embedding_cache: Path | None = None
     optimizer_state: Literal["reset", "keep"] = "reset"
     state_dir: Path | None = None
     seed: int = 0
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE.match(value):
+            raise ValueError(f"{value!r} is not a device: expected auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 class SecAggConfig(_Strict):
@@ -258,12 +270,12 @@ class FederationConfig(_Strict):
     (``ssh-keygen -lf node.key.pub``: ``SHA256:...``); a node claiming a site with another key is
     refused (see :mod:`fedfms.federated.identity`)."""
 
-    rounds: int = Field(100, ge=1)
+    rounds: int = Field(100, strict=True, ge=1)
     strategy: StrategyName = "fedavg"
     proximal_mu: float = Field(0.01, ge=0)
     server_lr: float = Field(1e-2, gt=0)
-    evaluate_every: int = Field(1, ge=1)
-    min_train_clients: int | None = Field(None, ge=1)
+    evaluate_every: int = Field(1, strict=True, ge=1)
+    min_train_clients: int | None = Field(None, strict=True, ge=1)
     round_timeout_s: float | None = Field(None, gt=0)
     connect_timeout_s: float = Field(600.0, gt=0)
     update_encoding: Literal["full", "delta-fp16"] = "full"
@@ -308,7 +320,7 @@ class EvaluationConfig(_Strict):
 
     protocol: MetricProtocol = "standard"
     threshold: float = Field(0.5, gt=0, lt=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, strict=True, ge=1)
 
 
 class RunConfig(_Strict):
@@ -440,7 +452,7 @@ class ExperimentConfig(_Strict):
     backbones: dict[Literal["base", "large"], Backbone] = {"base": "vit_b", "large": "vit_l"}
     weights: dict[Backbone, Path] = {}
     unseen: list[str] | None = None
-    baseline_image_size: int | None = Field(None, ge=32)
+    baseline_image_size: int | None = Field(None, strict=True, ge=32)
     paper: Literal["prostate", "brain_tumour", "fundus", "nuclei"] | None = None
     local_model: str = "Decoder"
 

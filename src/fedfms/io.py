@@ -6,6 +6,7 @@ work starts, and a failed write is one line naming the path (:func:`describe`)."
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -71,3 +72,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Create or replace ``path`` with ``text`` (UTF-8), atomically."""
     atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's content (hex), read in chunks. Checkpoints store it beside their
+    tensor files and compare it on load: damage on disk or in a copy (a flipped block, a
+    truncated transfer) is refused instead of loaded as weights. It detects accidents, not an
+    attacker who can write the folder (who can rewrite the digest too)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -439,7 +439,7 @@ def predict_command(
     threshold: Annotated[float, typer.Option(help="Foreground where sigmoid probability > threshold.")] = 0.5,
     channels: Annotated[str, typer.Option(help="Volumes: grey -> 3 channels by copy | neighbours (as prepared).")] = "copy",
     axis: Annotated[int, typer.Option(help="Volumes: slicing (depth) axis, as prepared.")] = 2,
-    clip_percentile: Annotated[float, typer.Option(help="Upper intensity percentile to clip at, as prepared.")] = 99.0,
+    clip_percentile: Annotated[float, typer.Option(min=0, max=100, help="Upper intensity percentile to clip at, as prepared.")] = 99.0,
     multi_channel: Annotated[bool, typer.Option(help="One {0,1} channel per class (4D NIfTI, one PNG per class) instead of labels.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
@@ -456,25 +456,22 @@ def predict_command(
 ) -> None:
     """Segment new scans with a trained global model: NIfTI in -> NIfTI label volume out (same
     shape and affine), PNG/JPEG/TIFF/BMP in -> PNG label mask out (same size)."""
-    from fedfms.models import CheckpointError
+    from fedfms.train.device import resolve_device
 
+    resolve_device(device)  # a device this machine lacks is refused before the model is read
     names = [c.strip() for c in class_names.split(",")] if class_names else None
     settings: dict[str, Any] = dict(threshold=threshold, channels=channels, upper_percentile=clip_percentile,
                                     batch_size=batch_size, device=device, progress=progress, tile=tile, tile_overlap=tile_overlap)
-    try:
-        if dicomweb:
-            from fedfms.dicom.web import predict_from_pacs
+    if dicomweb:
+        from fedfms.dicom.web import predict_from_pacs
 
-            if not study:
-                raise PredictError("--dicomweb needs --study UID")
-            written = predict_from_pacs(dicomweb, study, series, checkpoint, output, names, **settings)
-        elif input is None:
-            raise PredictError("give --input (a file or folder) or --dicomweb URL --study UID")
-        else:
-            written = predict_path(checkpoint, input, output, axis=axis, multi_channel=multi_channel,
-                                   series=series, class_names=names, overlay=overlay, **settings)
-    except (PredictError, CheckpointError, DicomInputError) as err:
-        typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        if not study:
+            raise PredictError("--dicomweb needs --study UID")
+        written = predict_from_pacs(dicomweb, study, series, checkpoint, output, names, **settings)
+    elif input is None:
+        raise PredictError("give --input (a file or folder) or --dicomweb URL --study UID")
+    else:
+        written = predict_path(checkpoint, input, output, axis=axis, multi_channel=multi_channel,
+                               series=series, class_names=names, overlay=overlay, **settings)
     typer.echo(f"{len(written)} mask file(s) written to {output}"
                + (f"; overlays in {output / OVERLAY_DIR}" if overlay else ""))

@@ -40,7 +40,6 @@ def test_figures_are_positive(measured: dict[str, dict]) -> None:
         for key in POSITIVE:
             assert result[key] > 0, key
         assert result["train_memory_increase_mib"] >= 0
-        assert result["round_seconds"] == pytest.approx(result["train_step_seconds"] * 335)  # ceil(669 / 2)
 
 
 def test_msa_learns_and_sends_less_than_sam(measured: dict[str, dict]) -> None:
@@ -49,7 +48,6 @@ def test_msa_learns_and_sends_less_than_sam(measured: dict[str, dict]) -> None:
     assert msa["bytes_up_per_round"] < sam["bytes_up_per_round"]
     # the message carries every learnable fp32 value, plus names and framing
     assert sam["bytes_up_per_round"] >= 4 * sam["learnable_params"]
-    assert sam["bytes_up_down_per_round"] == 2 * sam["bytes_up_per_round"]
 
 
 def test_sam_backward_costs_more_flops_than_msa(measured: dict[str, dict]) -> None:

@@ -15,9 +15,11 @@ def _reply(answer: RecordDict | Error, request: Message) -> Message:
 
 
 class FakeGrid:
-    """Answers every message of the nodes in ``answers`` at once (with that content, or that
-    error); a pull that would return a reply of a node in ``stalled`` blocks until ``release``
-    is set, as Flower's pull of a half-uploaded reply does until the upload session expires.
+    """Answers every message of the ``online`` nodes in ``answers`` at once (with that content,
+    or that error); a node not ``online`` (a list the test may change) is not listed by
+    ``get_node_ids`` and answers nothing, as a SuperNode that lost its connection. A pull that
+    would return a reply of a node in ``stalled`` blocks until ``release`` is set, as Flower's
+    pull of a half-uploaded reply does until the upload session expires.
     ``keys`` are the nodes' registered public keys (PEM), as an authenticating SuperLink knows them."""
 
     def __init__(self, online: list[int], answers: dict[int, RecordDict | Error], stalled: tuple[int, ...] = (),
@@ -44,4 +46,5 @@ class FakeGrid:
         wanted = [self.sent[i] for i in message_ids]
         if any(m.metadata.dst_node_id in self.stalled for m in wanted):
             self.release.wait()
-        return [_reply(self.answers[m.metadata.dst_node_id], m) for m in wanted if m.metadata.dst_node_id in self.answers]
+        return [_reply(self.answers[m.metadata.dst_node_id], m) for m in wanted
+                if m.metadata.dst_node_id in self.answers and m.metadata.dst_node_id in self.online]

@@ -7,7 +7,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from fedfms.config import FederationConfig
 from fedfms.federated.server import Node, _screen, _screen_norms
-from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors
+from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors, train_content
 from fedfms.federated.wire import (
     UpdateRejected,
     check_update,
@@ -54,14 +54,9 @@ def test_fedadam_moments_survive_a_save_and_restore():
 
 
 def test_fedprox_sends_mu_to_clients():
-    strategy = make_strategy(FederationConfig(strategy="fedprox", proximal_mu=0.05), min_train_nodes=1)
-
-    class OneNode:
-        def get_node_ids(self):
-            return [7]
-
-    (message,) = strategy.configure_train(1, to_record({"w": torch.zeros(1)}), ConfigRecord({}), OneNode())
-    assert message.content["config"]["proximal-mu"] == pytest.approx(0.05)
+    strategy = make_strategy(FederationConfig(strategy="fedprox", proximal_mu=0.05), min_train_nodes=3)
+    content = train_content(strategy, 1, to_record({"w": torch.zeros(1)}), ConfigRecord({}))
+    assert content["config"]["proximal-mu"] == pytest.approx(0.05) and content["config"]["server-round"] == 1
 
 
 def test_update_with_nan_wrong_shape_or_names_is_rejected():

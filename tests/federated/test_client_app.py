@@ -120,7 +120,7 @@ def test_the_node_config_device_is_the_one_a_node_trains_on(federation, tmp_path
     """The run says cpu; a node that names its own device trains there (asked of torch through
     ``resolve_device``, recorded here and answered with the CPU this test has)."""
     asked: list[str] = []
-    monkeypatch.setattr(rounds, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(rounds, "resolve_device", lambda name, *_: asked.append(name) or torch.device("cpu"))
     config = run_config(federation, tmp_path / "run").with_overrides({"train.device": "cpu"})
     start = to_record(trainable_state(build_model(config.model, seed=0)))
     _send(MessageType.TRAIN, config, federation / "site-A", start, device="cuda:1")

@@ -10,6 +10,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedfms.config import ModelConfig
 from fedfms.federated import protocol as P
+from fedfms.federated import packing
 from fedfms.federated.exchange import exchange
 from fedfms.federated.packing import LAYOUT_SUFFIX, PACKED, UnreadableArrays, pack_arrays, unpack_arrays
 from fedfms.federated.wire import from_record, to_record
@@ -55,21 +56,25 @@ def test_a_layout_that_does_not_fit_its_array_is_refused_naming_the_record():
         unpack_arrays(content)
 
 
-def test_the_exchange_sends_packed_and_unreadable_replies_become_errors_of_their_node():
+def test_the_exchange_sends_packed_and_unreadable_replies_become_errors_of_their_node(monkeypatch):
+    real_pack = packing._pack
     state = {"a": torch.arange(4.0), "b": torch.ones(2, 3)}
     good = _content(to_record(state))
     pack_arrays(good)
     broken = _content(to_record(state))
     pack_arrays(broken)
     broken[P.ARRAYS + LAYOUT_SUFFIX]["names"] = ["a"]
-    grid = FakeGrid([1, 2], {1: good, 2: broken})
+    grid = FakeGrid([1, 2, 3], {1: good, 2: broken, 3: good})
     sent = [Message(_content(to_record(state)), dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2)]
     replies = dict(exchange(grid, sent, timeout=5.0))
     assert all(list(m.content[P.ARRAYS].keys()) == [PACKED] for m in grid.sent.values())
     shared = to_record(state)
-    one_record_for_all = [Message(_content(shared), dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2)]
+    one_record_for_all = [Message(_content(shared), dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2, 3)]
+    calls = []
+    monkeypatch.setattr(packing, "_pack", lambda record: calls.append(record) or real_pack(record))
     exchange(grid, one_record_for_all, timeout=5.0)
-    assert one_record_for_all[0].content[P.ARRAYS] is one_record_for_all[1].content[P.ARRAYS]  # packed once
+    assert calls == [shared]  # packed once for all three messages, not once per message
+    assert one_record_for_all[0].content[P.ARRAYS] is one_record_for_all[2].content[P.ARRAYS]  # and held once
     assert {k: v.tolist() for k, v in from_record(replies[1].content[P.ARRAYS]).items()} == \
         {k: v.tolist() for k, v in state.items()}
     assert replies[2].has_error() and "unreadable reply: record 'arrays'" in replies[2].error.reason

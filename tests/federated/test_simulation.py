@@ -1,6 +1,7 @@
 """End to end in Flower's simulation runtime (Ray): 3 virtual SuperNodes, tiny SAM."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -89,17 +90,25 @@ def _still_running(process: psutil.Process) -> bool:
         return False
 
 
-def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
-    config = run_config(federation, tmp_path / "run", rounds=8)
+def _after_round_1(config, tmp_path, stderr=subprocess.PIPE) -> tuple[list[str], subprocess.Popen, list]:
+    """``fedfms train`` of ``config`` started in a session of its own and waited for until its
+    first round is on disk: the command, the process and its helpers (Flower's Ray runtime:
+    raylet, GCS, agents, actors)."""
     path = tmp_path / "run.yaml"
     save_config(config, path)
     command = [sys.executable, "-m", "fedfms.cli", "train", "--config", str(path)]
-    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     latest = config.output_dir / "checkpoints" / "LATEST"
     deadline = time.monotonic() + 180
-    while not latest.exists() and time.monotonic() < deadline and first.poll() is None:
+    while not latest.exists() and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.05)
-    helpers = psutil.Process(first.pid).children(recursive=True)  # Flower's Ray runtime: raylet, GCS, actors
+    return command, run, psutil.Process(run.pid).children(recursive=True)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run", rounds=8)
+    command, first, helpers = _after_round_1(config, tmp_path)
     first.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, stderr = first.communicate(timeout=30)
     assert first.returncode == 130 and "--resume" in stderr and "last complete round on disk is round-" in stderr
@@ -117,19 +126,28 @@ def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(f
     assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
 
 
+@pytest.mark.timeout(300)
+def test_sigterm_to_the_process_group_stops_as_ctrl_c_does(federation, tmp_path, run_config):
+    """What schedulers, systemd and ``timeout`` send, to the run and all its helpers at once:
+    Ray's start-up had taken SIGTERM over (a stack dump, exit 134, no word of the saved round)."""
+    config = run_config(federation, tmp_path / "run", rounds=20)
+    _, run, helpers = _after_round_1(config, tmp_path)
+    os.killpg(run.pid, signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143, stderr[-3000:]
+    assert "interrupted (SIGTERM)" in stderr and "last complete round on disk is round-" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-3000:]
+    _, alive = psutil.wait_procs(helpers, timeout=20)
+    assert helpers and not [p for p in alive if _still_running(p)]
+    assert not (config.output_dir / "results.json").exists(), "the run finished before it could be stopped"
+
+
+@pytest.mark.timeout(600)
 def test_a_killed_run_leaves_no_process_behind(federation, tmp_path, run_config):
     """SIGKILL gives the run no chance to clean up; Ray's agents (children of the raylet) used to
     survive it. The reaper's watchdog ends every process the run started."""
     config = run_config(federation, tmp_path / "run", rounds=20)
-    path = tmp_path / "run.yaml"
-    save_config(config, path)
-    run = subprocess.Popen([sys.executable, "-m", "fedfms.cli", "train", "--config", str(path)],
-                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = config.output_dir / "checkpoints" / "LATEST"
-    deadline = time.monotonic() + 180
-    while not latest.exists() and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.05)
-    helpers = psutil.Process(run.pid).children(recursive=True)
+    _, run, helpers = _after_round_1(config, tmp_path, stderr=subprocess.DEVNULL)
     names = " ".join(" ".join(p.cmdline()) for p in helpers if _still_running(p))
     assert "DashboardAgent" in names and "RuntimeEnvAgent" in names, names
     run.kill()

@@ -122,6 +122,7 @@ def test_a_failure_at_the_worker_names_the_site_only_and_the_worker_stays(
     assert len({pid for pid, _, _ in answered}) == 1
 
 
+@pytest.mark.timeout(300)
 def test_a_worker_killed_mid_message_fails_that_message_and_the_next_one_starts_a_new_worker(
         federation, tmp_path, run_config, worker_dir, capfd):
     slow = run_config(federation, tmp_path / "run").with_overrides({"train.local_epochs": 400})
@@ -141,9 +142,16 @@ def test_a_worker_killed_mid_message_fails_that_message_and_the_next_one_starts_
     while not (logs := list(worker_dir.rglob("*.log"))) or "listening" not in logs[0].read_text():
         assert time.monotonic() < deadline, "the worker did not start"
         time.sleep(0.1)
-    time.sleep(2.0)  # the message has arrived and is training (400 epochs take far longer)
     [worker] = _workers(worker_dir)
+    while len(worker.net_connections(kind="unix")) < 2:  # listening, and the ClientApp's connection accepted
+        assert time.monotonic() < deadline, "the ClientApp never connected"
+        time.sleep(0.05)
+    idle = sum(worker.cpu_times()[:2])
+    while sum(worker.cpu_times()[:2]) < idle + 1.0:  # the message has arrived and is training (400 epochs take far longer)
+        assert time.monotonic() < deadline, "the worker never started training"
+        time.sleep(0.1)
     worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)  # gone: a dial to its socket while it dies is reset (worker._dial does not expect that)
     sender.join(timeout=60)
     assert isinstance(outcome.get("error"), SiteFailure), outcome
     reason = str(outcome["error"])

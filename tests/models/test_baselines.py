@@ -37,10 +37,19 @@ def test_sides_not_divisible_by_the_poolings_are_padded_and_cropped(arch: str) -
 
 
 def test_nnunet_normalises_inside_forward() -> None:
+    """The network's first instance norm alone would make the output blind to a global affine
+    change of intensities; the plan's z-score is checked on its own: each image and channel
+    comes out with mean 0 and std 1, whatever its contrast."""
     model = build_baseline(ModelConfig(arch="nnunet", num_classes=1, image_size=64)).eval()
-    x = torch.rand(1, 3, 64, 64)
+    x = torch.rand(2, 3, 64, 64)
+    x[1] = 0.1 * x[1] + 0.8  # a bright, low-contrast image
+    normalised = model.normalise(x)
+    assert normalised.shape == x.shape
+    assert torch.allclose(normalised.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-4)
+    assert torch.allclose(normalised.std(dim=(2, 3)), torch.ones(2, 3), atol=1e-2)
+    assert torch.allclose(model.normalise(0.5 * x + 0.2), normalised, atol=1e-4)
     with torch.no_grad():
-        assert torch.allclose(model(x), model(0.5 * x + 0.2), atol=0.05)
+        assert torch.allclose(model(x[:1]), model(0.5 * x[:1] + 0.2), atol=0.05)
 
 
 def test_nnunet_plan_must_match_the_model_config() -> None:

@@ -78,11 +78,15 @@ def test_tensor_file_must_match_its_description(tmp_path: Path, tiny_cfg) -> Non
     (tmp_path / "ckpt" / "fedfms_model.json").write_text(
         json.dumps(description | {"num_classes": 1})
     )
+    del description["sha256"]
     with pytest.raises(
         CheckpointError, match=r"ckpt/model\.safetensors: .*head\.weight: \(2, 4, 1, 1\)"
     ):
         load_checkpoint(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"ckpt/model\.safetensors: the file is damaged: its SHA-256 differs"):
+        load_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "fedfms_model.json").write_text(json.dumps(description))  # without its digest
     with pytest.raises(CheckpointError, match=r"ckpt/model\.safetensors: cannot read"):
         load_checkpoint(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "fedfms_model.json").write_text("{not json")

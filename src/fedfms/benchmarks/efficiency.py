@@ -403,7 +403,7 @@ def efficiency_command(
     backbone: Annotated[str, typer.Option(help="Backbone: tiny | vit_b | vit_l | vit_h | litemedsam (256 px).")] = "vit_b",
     modes: Annotated[str, typer.Option(help="Fine-tuning modes, comma separated: sam,msa,lora,decoder.")] = "sam,msa,lora",
     arch: Annotated[str, typer.Option(help="sam (uses --backbone, --modes) | unet | nnunet.")] = "sam",
-    image_size: Annotated[int | None, typer.Option(help="Input side (default 1024 on CUDA, 256 on CPU).")] = None,
+    image_size: Annotated[int | None, typer.Option(min=32, help="Input side (default 1024 on CUDA, 256 on CPU).")] = None,
     num_classes: Annotated[int, typer.Option(min=1, help="Output classes (fundus: disc + cup).")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch (the paper: 6).")] = 6,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (or cuda:N).")] = "auto",
@@ -426,8 +426,9 @@ def efficiency_command(
     from typing import get_args
 
     from fedfms.data.writer import atomic_write_text
-    from fedfms.train.device import resolve_device
+    from fedfms.train.device import resolve_device, resolve_precision
 
+    resolve_precision(precision, resolve_device(device))  # refused here, before any measurement
     mode_list = [m.strip() for m in modes.split(",") if m.strip()] if arch == "sam" else ["sam"]
     for name, value, allowed in (("arch", arch, get_args(Architecture)), ("backbone", backbone, get_args(Backbone))):
         if value not in allowed:

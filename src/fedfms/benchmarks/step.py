@@ -227,7 +227,7 @@ def step_command(
     backbones: Annotated[str, typer.Option(help="Comma list: tiny, vit_b, vit_l, vit_h, litemedsam.")] = "vit_b",
     modes: Annotated[str, typer.Option(help="Comma list of fine-tuning modes: sam, msa, lora, decoder.")] = "sam,msa",
     variants: Annotated[str, typer.Option(help=f"Comma list of fedfms step variants: {', '.join(FEDFMS_VARIANTS)}.")] = "fedfms",
-    image_size: Annotated[int, typer.Option(help="Input side of the SAM ViTs (LiteMedSAM: 256).")] = 256,
+    image_size: Annotated[int, typer.Option(min=32, help="Input side of the SAM ViTs (LiteMedSAM: 256).")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 2,
     num_classes: Annotated[int, typer.Option(min=1, max=3, help="Output classes.")] = 2,
     reps: Annotated[int, typer.Option(min=1, help="Timed rounds (one step of every variant each).")] = 5,
@@ -240,12 +240,17 @@ def step_command(
     import torch
 
     from fedfms.data.writer import atomic_write_text
+    from fedfms.io import output_folder
     from fedfms.train.device import resolve_device
 
     backbone_list = _names(backbones, ("tiny", "vit_b", "vit_l", "vit_h", "litemedsam"), "--backbones")
     mode_list = _names(modes, ("sam", "msa", "lora", "decoder"), "--modes")
     variant_list = _names(variants, list(FEDFMS_VARIANTS), "--variants")
     dev = resolve_device(device)
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; --out names the JSON file to write", param_hint="--out")
+    if out is not None:
+        output_folder(out.parent)  # a folder that cannot be written fails now, not after the benchmark
     typer.echo(f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}, "
                f"{reps} timed rounds after {warmup} warm-up step(s)")
     rows = []

@@ -4,6 +4,8 @@ problem listed (file: problem) and nothing written."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,34 +13,39 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from fedfms.data.prepare import OutputSpec
+    from fedfms.data.prepare import OutputSpec, PrepareReport
 
+MAX_SIDE = 4096  # pixels of a stored image or mask side: a 100000 px mask asked for 80 GB
 prepare_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 Src = Annotated[Path, typer.Argument(help="source folder", exists=True, file_okay=False)]
 Out = Annotated[Path, typer.Argument(help="folder of prepared clients (created if needed)")]
 Client = Annotated[str | None, typer.Option(help="client (site) name; default: the source folder's name")]
-ImageSize = Annotated[int, typer.Option(help="stored image side (bilinear): store what the backbone takes, 1024 for "
-                                              "SAM's ViTs (the default), 256 for LiteMedSAM")]
-MaskSize = Annotated[int, typer.Option(help="stored mask side (nearest): 256 for SAM's ViTs (the default) and for "
-                                            "LiteMedSAM")]
+ImageSize = Annotated[int, typer.Option(min=8, max=MAX_SIDE, help="stored image side (bilinear): store what the backbone "
+                                              "takes, 1024 for SAM's ViTs (the default), 256 for LiteMedSAM")]
+MaskSize = Annotated[int, typer.Option(min=8, max=MAX_SIDE, help="stored mask side (nearest): 256 for SAM's ViTs (the "
+                                            "default) and for LiteMedSAM")]
 Overwrite = Annotated[bool, typer.Option(help="replace an existing client (only once preparation succeeded)")]
 Append = Annotated[bool, typer.Option(help="add samples to an existing client with the same classes and sizes")]
-Limit = Annotated[int | None, typer.Option(help="only the first N volumes / pairs / cases (quick trials)")]
+Limit = Annotated[int | None, typer.Option(min=1, help="only the first N volumes / pairs / cases (quick trials)")]
 SkipUnpaired = Annotated[bool, typer.Option(help="skip images without masks (and masks without images) with a warning")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar (only on a terminal)")]
-Tile = Annotated[int | None, typer.Option(help="cut each image into square tiles of this side before resizing (default: resize whole)")]
+Tile = Annotated[int | None, typer.Option(min=8, help="cut each image into square tiles of this side before resizing (default: resize whole)")]
 
 
 def _output(
     out: Path, client: str, image_size: int, mask_size: int, overwrite: bool, append: bool, progress: bool
 ) -> OutputSpec:
+    from fedfms.data.manifest import ManifestError
     from fedfms.data.prepare import OutputSpec
 
     if overwrite and append:
         raise typer.BadParameter("--overwrite and --append exclude each other")
     mode = "overwrite" if overwrite else "append" if append else "create"
-    return OutputSpec(out, client, image_size, mask_size, mode, progress)
+    try:
+        return OutputSpec(out, client, image_size, mask_size, mode, progress)
+    except ManifestError as err:
+        raise ManifestError(f"--client: {err}") from None
 
 
 def _new_clients(
@@ -60,10 +67,36 @@ def _run(job: Callable[[], object]) -> None:
     try:
         reports = job()
     except (DataValidationError, ClientExistsError, ManifestError, ValueError) as err:
-        typer.secho(f"preparation failed, nothing written:\n{err}", fg=typer.colors.RED, err=True)
+        message = str(err)
+        header = "preparation failed:" if isinstance(err, PartlyWritten) else "preparation failed, nothing written:"
+        separator = "\n" if "\n" in message else " "
+        typer.secho(f"{header}{separator}{message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     for report in reports if isinstance(reports, list) else [reports]:
         typer.echo(report.summary() if hasattr(report, "summary") else str(report))
+
+
+class PartlyWritten(ValueError):
+    """A multi-client preparation failed after replacing clients (``--overwrite``) it cannot restore."""
+
+
+def _all_or_nothing(names: list[str], prepare: Callable[[str], PrepareReport], overwrite: bool) -> list[PrepareReport]:
+    """``prepare(name)`` for each client name (organs, tissues), as one preparation: when one
+    fails, the clients it created before are removed again, so that "nothing written" holds
+    and the same command can simply be run again. Clients replaced with ``--overwrite`` cannot
+    be given back: the error names them."""
+    done: list[PrepareReport] = []
+    try:
+        for name in names:
+            done.append(prepare(name))
+    except (ValueError, OSError) as err:
+        if overwrite and done:
+            replaced = ", ".join(str(r.client_dir) for r in done)
+            raise PartlyWritten(f"{err}\n(already replaced with --overwrite before this failure: {replaced})") from None
+        for report in done:
+            shutil.rmtree(report.client_dir)
+        raise
+    return done
 
 
 def _classes(text: str | None) -> list[str] | None:
@@ -81,7 +114,7 @@ def nifti_command(
     channels: Annotated[str | None, typer.Option(help="copy | neighbours")] = None,
     keep_empty_every: Annotated[int | None, typer.Option(help="keep every k-th empty slice (1 = all, 0 = none)")] = None,
     axis: Annotated[int | None, typer.Option(help="slicing (depth) axis of the volume")] = None,
-    clip_percentile: Annotated[float | None, typer.Option(help="upper intensity percentile to clip at")] = None,
+    clip_percentile: Annotated[float | None, typer.Option(min=0, max=100, help="upper intensity percentile to clip at")] = None,
     image_suffix: Annotated[str | None, typer.Option(help="image file stem suffix, e.g. _t1ce or _0000")] = None,
     mask_suffix: Annotated[str | None, typer.Option(help="label file stem suffix, e.g. _seg")] = None,
     skip_unpaired: SkipUnpaired = False,
@@ -202,6 +235,12 @@ def images_command(
     from fedfms.data.prepare.encodings import PRESETS, MaskEncoding, binary_encoding, parse_levels
     from fedfms.data.prepare.images import ImageOptions, prepare_images
 
+    if case_regex is not None:
+        try:
+            re.compile(case_regex)
+        except re.error as err:
+            raise typer.BadParameter(f"{case_regex!r} is not a regular expression: {err}", param_hint="--case-regex")
+
     def job():
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown mask preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -248,11 +287,12 @@ def monuseg_command(
     def job():
         if one_client:
             return [prepare_monuseg(src, spec(client or "MoNuSeg"), tile, limit)]
-        organs = organ_folders(src) or [src]
+        organs = {organ.name: organ for organ in organ_folders(src) or [src]}
         if client and len(organs) > 1:
             raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder "
                              "(or use --one-client)")
-        return [prepare_monuseg(organ, spec(client or organ.name), tile, limit) for organ in organs]
+        return _all_or_nothing(list(organs), lambda name: prepare_monuseg(organs[name], spec(client or name), tile,
+                                                                           limit), overwrite)
 
     _run(job)
 
@@ -303,7 +343,8 @@ def pannuke_command(
 
     def job():
         chosen = [t.partition("=") for t in tissue] if tissue else [(t, "", "") for t in tissue_types(src)]
-        return [prepare_pannuke(src, spec(name or kind), kind, limit) for kind, _, name in chosen]
+        kinds = {name or kind: kind for kind, _, name in chosen}
+        return _all_or_nothing(list(kinds), lambda name: prepare_pannuke(src, spec(name), kinds[name], limit), overwrite)
 
     _run(job)
 
@@ -330,13 +371,14 @@ def monusac_command(
 @prepare_app.command("synthetic")
 def synthetic_command(
     out: Out,
-    clients: Annotated[int, typer.Option(help="number of sites")] = 4,
+    clients: Annotated[int, typer.Option(min=1, help="number of sites")] = 4,
     classes: Annotated[int, typer.Option(help="1 (disc) or 2 (disc + nested cup)")] = 1,
-    image_size: Annotated[int, typer.Option(help="stored image side")] = 64,
-    mask_size: Annotated[int, typer.Option(help="stored mask side")] = 16,
-    samples: Annotated[int | None, typer.Option(help="samples per site (default: differs per site)")] = None,
+    image_size: Annotated[int, typer.Option(min=8, max=MAX_SIDE, help="stored image side")] = 64,
+    mask_size: Annotated[int, typer.Option(min=8, max=MAX_SIDE, help="stored mask side")] = 16,
+    samples: Annotated[int | None, typer.Option(min=1, help="samples per site (default: differs per site)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     raw: Annotated[str | None, typer.Option(help="write raw source files instead: nifti | png")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace prepared clients of the same names that are not synthetic")] = False,
 ) -> None:
     """A synthetic multi-center federation (sites differ in intensity, contrast, noise, blur, bias, size)."""
     from fedfms.data.synthetic import make_synthetic_federation, write_raw_federation
@@ -348,7 +390,7 @@ def synthetic_command(
                 raise ValueError(f"--raw must be nifti or png, not {raw!r}")
             paths = write_raw_federation(out, raw, clients, classes, image_size, counts, seed)
         else:
-            paths = make_synthetic_federation(out, clients, classes, image_size, mask_size, counts, seed)
+            paths = make_synthetic_federation(out, clients, classes, image_size, mask_size, counts, seed, overwrite)
         return [f"{p}" for p in paths]
 
     _run(job)

@@ -28,10 +28,21 @@ MASKS_DIR = "masks"
 FORMAT_VERSION = 1
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+MAX_CLIENT_NAME = 64
 
 
 class ManifestError(FedfmsError, ValueError):
     """A client folder has no readable manifest; the message names the folder."""
+
+
+def check_client_name(name: str) -> str:
+    """``name`` if it can name a client: it is the client's folder under the prepared root and
+    travels to the server, so one plain folder name (letters, digits, ``. _ + -``, starting
+    with a letter or digit, at most 64 characters): no path, no hidden or relative name."""
+    if not _SAFE_ID.match(name) or len(name) > MAX_CLIENT_NAME:
+        raise ManifestError(f"client name {name!r}: expected a plain folder name (letters, digits, . _ + -; "
+                            f"starting with a letter or digit; at most {MAX_CLIENT_NAME} characters)")
+    return name
 
 
 class SampleRecord(BaseModel):
@@ -72,6 +83,12 @@ class ClientManifest(BaseModel):
     mask_size: int = Field(ge=1)
     samples: list[SampleRecord] = Field(default_factory=list)
     preprocessing: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("client")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        check_client_name(value)  # a ManifestError is a ValueError: pydantic reports it
+        return value
 
     @field_validator("samples")
     @classmethod

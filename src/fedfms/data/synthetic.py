@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from fedfms.data.manifest import SampleRecord
-from fedfms.data.writer import ClientWriter
+from fedfms.data.manifest import MANIFEST_NAME, SampleRecord, read_manifest
+from fedfms.data.writer import ClientExistsError, ClientWriter
 
 SLICES_PER_CASE = 4
 CLASS_NAMES = {1: ["disc"], 2: ["disc", "cup"]}
@@ -150,15 +150,25 @@ def make_synthetic_federation(
     mask_size: int = 16,
     samples_per_client: Sequence[int] | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``num_clients`` prepared client folders ``root/site-A`` ... and return their paths.
 
     Images (3, image_size, image_size), masks (num_classes, mask_size, mask_size); default sample
-    counts differ per site (12..28). Existing synthetic clients of the same names are replaced.
+    counts differ per site (12..28). Existing synthetic clients of the same names are replaced;
+    any other prepared client of those names only with ``overwrite`` (checked for every site
+    before anything is written: :class:`ClientExistsError` names the folder).
     """
     if num_classes not in CLASS_NAMES:
         raise ValueError(f"num_classes must be 1 or 2, not {num_classes}")
     root = Path(root)
+    for index in range(num_clients):
+        existing = root / site_name(index)
+        if not overwrite and (existing / MANIFEST_NAME).is_file():
+            converter = read_manifest(existing).preprocessing.get("converter")
+            if converter != "synthetic":
+                raise ClientExistsError(f"{existing}: holds a prepared client that is not synthetic (converter "
+                                        f"{converter!r}); use --overwrite to replace it, or another folder")
     paths = []
     for index, (style, count) in enumerate(zip(site_styles(num_clients, seed), _counts(num_clients, samples_per_client, seed))):
         name = site_name(index)

@@ -111,6 +111,8 @@ def report_command(
 ) -> None:
     """Table 1 (Markdown + CSV) and plots from finished runs: test Dice/IoU of each unseen client
     per model, with the paper's figures beside ours (--paper)."""
-    from fedfms.experiments.report import write_loco_report
+    from fedfms.experiments.report import paper_table1, write_loco_report
 
+    if paper is not None and paper not in paper_table1():
+        raise typer.BadParameter(f"{paper!r}: expected one of {', '.join(paper_table1())}", param_hint="--paper")
     typer.echo(write_loco_report(run_dirs, out or run_dirs[0] / "report", paper))

@@ -21,6 +21,7 @@ import torch
 
 from fedfms.config import ExperimentConfig
 from fedfms.data import ClientDataset, find_clients, make_synthetic_federation
+from fedfms.errors import FedfmsError
 from fedfms.experiments.matrix import run_matrix
 from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, row_order, write_table
 from fedfms.models import load_checkpoint
@@ -55,6 +56,10 @@ PRESETS = {
     "tiny": DemoSettings(backbone="tiny", mode="msa", rounds=30, image_size=128,
                          samples_per_client=(36, 28, 44, 24), batch_size=6, lr=1e-3, loss="bce", precision="auto"),
 }
+
+
+class DemoError(FedfmsError, ValueError):
+    """Demo options that cannot work with the data given; the message names the option or folder."""
 
 
 def demo_settings(backbone: str = "litemedsam", **changes: Any) -> DemoSettings:
@@ -131,11 +136,14 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
     resumed; ``resume`` and ``rerun`` as in :func:`fedfms.experiments.matrix.run_matrix`), then
     write the report into ``out``."""
     settings = settings or demo_settings()
-    out.mkdir(parents=True, exist_ok=True)
     root = _prepare_data(out, data_root, settings)
     clients = find_clients(root)
     if len(clients) < 2:
-        raise ValueError(f"{root}: the demo needs at least 2 prepared clients, found {len(clients)}")
+        raise DemoError(f"{root}: the demo needs at least 2 prepared clients, found {len(clients)}")
+    if unseen is not None and unseen not in [c.name for c in clients]:
+        raise DemoError(f"--unseen {unseen!r}: no prepared client of that name in {root} "
+                        f"(clients: {', '.join(c.name for c in clients)})")
+    out.mkdir(parents=True, exist_ok=True)
     unseen = unseen or clients[-1].name
     check_unseen(unseen, [c.name for c in clients], root)
     num_classes = ClientDataset(clients[0]).manifest.num_classes

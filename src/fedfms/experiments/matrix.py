@@ -205,6 +205,8 @@ def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool =
 
     cells = [(label, unseen) for unseen in folds(experiment) for label in fold_rows(experiment, unseen)]
     configs = [cell_config(experiment, label, unseen) for label, unseen in cells]  # all errors before any run
+    for config in configs:
+        ordered_clients(config.data)  # every unseen client has a folder, before any run folder exists
     actions = [_decide(config, label, unseen, resume, rerun) for (label, unseen), config in zip(cells, configs)]
     for index, ((label, unseen), config, action) in enumerate(zip(cells, configs, actions), start=1):
         logger.info("cell %d/%d %s, unseen %s: %s", index, len(cells), label, unseen,

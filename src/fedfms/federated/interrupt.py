@@ -6,6 +6,12 @@ inside :func:`stop_cleanly`, either signal says which round is safely on disk an
 continue, kills every process the run started and exits with ``128 + signal``. The helpers are
 killed, not asked to stop: when Ray's GCS shuts down, Ray's own watchdog in this process ends
 it at once with status 1, before it could finish its own cleanup.
+
+Ray's start-up (inside Flower's ``run_simulation``) replaces the SIGTERM handler twice: with
+Python's ``sys.exit`` and then with its C++ failure handler, which dumps a stack and aborts
+(exit 134) with no word of the saved round; so the handlers are installed again right after
+Ray's start-up, through Ray's post-init hooks (Ray 2's ``ray._private.worker._post_init_hooks``,
+the only place that runs in the main thread after ``ray.init`` and before any round).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import psutil
 from fedfms.run.state import LATEST
 
 logger = logging.getLogger("fedfms")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def last_saved_round(run_dir: Path) -> str:
@@ -54,9 +61,18 @@ def stop_cleanly(run_dir: Path) -> Iterator[None]:
         kill_descendants()
         os._exit(128 + signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def install() -> None:
+        for sig in SIGNALS:
+            signal.signal(sig, stop)
+
+    from ray._private import worker as ray_worker  # imported here: the module is light without Ray
+
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    install()
+    ray_worker._post_init_hooks.append(install)  # Ray's start-up takes SIGTERM over; take it back
     try:
         yield
     finally:
+        ray_worker._post_init_hooks.remove(install)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -36,15 +36,19 @@ def _pack(record: ArrayRecord) -> tuple[ArrayRecord, ConfigRecord]:
     return ArrayRecord({PACKED: Array(flat)}), layout
 
 
-def pack_arrays(content: RecordDict, packed: dict[int, tuple[ArrayRecord, ConfigRecord]] | None = None) -> None:
+def pack_arrays(content: RecordDict,
+                packed: dict[int, tuple[ArrayRecord, ArrayRecord, ConfigRecord]] | None = None) -> None:
     """Replace, in place, every ArrayRecord of ``content`` that holds several arrays of one
     dtype by one flat array and its ``<key>.layout`` (see the module docstring). ``packed``:
-    records already packed, by ``id`` (pass one dict for messages that share a record, such as
-    the global model sent to every site, so that it is packed and held once)."""
+    records already packed (the record, its flat array and layout), by ``id``: pass one dict for
+    messages that share a record, such as the global model sent to every site, so that it is
+    packed and held once."""
     packed = {} if packed is None else packed
     for key, record in list(content.array_records.items()):
         if len(record) > 1 and len({record[name].dtype for name in record.keys()}) == 1:
-            flat, layout = packed.setdefault(id(record), _pack(record))
+            if id(record) not in packed:  # the record is kept too, so that its id is not reused meanwhile
+                packed[id(record)] = (record, *_pack(record))
+            _, flat, layout = packed[id(record)]
             content[key] = flat
             content[key + LAYOUT_SUFFIX] = layout
 

@@ -3,9 +3,9 @@ train on the training clients through the chosen Flower strategy, screen and agg
 updates, evaluate the global model on every client, checkpoint; finally score the best round
 (its logged evaluation, asking again only the clients it lacks).
 
-Faults: a node whose reply is an error, is missing at the round's timeout, or carries an update
-with NaN/Inf, the wrong tensors or an outsized norm is named in the log and left out of that
-round; the round goes on if at least ``federation.min_train_clients`` (default: half of the
+Faults: a node that is offline when a round starts (nothing waits for it), whose reply is an
+error, is missing at the round's timeout, or carries an update with NaN/Inf, the wrong tensors
+or an outsized norm is named in the log and left out of that round; the round goes on if at least ``federation.min_train_clients`` (default: half of the
 training clients, rounded up) valid updates came back, otherwise the run stops with the last
 complete round on disk, ready to resume. A site whose SuperNode restarts (a new node id, or the
 same one when its key is registered) takes part again from the next round.
@@ -32,7 +32,7 @@ from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
 from fedfms.federated.identity import node_keys, previous_keys, refusal
 from fedfms.federated.secure import secure_round
-from fedfms.federated.strategy import NodeSubset, make_strategy, restore_strategy_tensors, strategy_tensors
+from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors, train_content
 from fedfms.federated.wire import (
     UpdateRejected,
     check_update,
@@ -280,20 +280,29 @@ def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what
             _failure(failed, node, what, "no reply before the timeout")
 
 
+def _too_few(round_: int, what: str, min_train: int, failed: list[str], resume_hint: str) -> FederationError:
+    return FederationError(f"round {round_}: {what}, {min_train} required; failures: {'; '.join(failed)}. Once the "
+                           f"clients are back, {resume_hint} (federation.min_train_clients sets how many are required)")
+
+
 def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict[int, Node], arrays: ArrayRecord,
                  shapes: dict[str, tuple[int, ...]], config: RunConfig, round_: int,
                  min_train: int, resume_hint: str
                  ) -> tuple[list[tuple[Node, Message]], list[dict[str, Any]], list[str], set[int]]:
-    """Send the global ``arrays`` to the connected training clients through the strategy and
-    collect their updates: the valid (node, reply) pairs, one ``train`` log row each, the
-    failures, and the ids of the nodes that did not answer before the timeout. Fewer than
-    ``min_train`` valid updates stop the run."""
-    messages = list(strategy.configure_train(round_, arrays, _config_record(config),
-                                             NodeSubset(grid, [n.node_id for n in trainers])))
-    sampled = [by_id[m.metadata.dst_node_id] for m in messages]
+    """Send the global ``arrays``, as the strategy configures them, to the training clients
+    connected now and collect their updates: the valid (node, reply) pairs, one ``train`` log
+    row each, the failures, and the ids of the nodes that did not answer (offline, or silent
+    until the timeout; not asked to evaluate this round). Nothing waits for offline nodes: they
+    are named, and fewer than ``min_train`` connected clients or valid updates stop the run."""
+    online = set(grid.get_node_ids())
+    sampled = [n for n in trainers if n.node_id in online]
     failed: list[str] = []
-    for node in (n for n in trainers if n not in sampled):
+    for node in (n for n in trainers if n.node_id not in online):
         _failure(failed, node, "train", "not connected")
+    if len(sampled) < min_train:
+        raise _too_few(round_, f"{len(sampled)} training clients connected", min_train, failed, resume_hint)
+    content = train_content(strategy, round_, arrays, _config_record(config))
+    messages = [Message(content, dst_node_id=n.node_id, message_type=MessageType.TRAIN) for n in sampled]
     replies = exchange(grid, messages, config.federation.round_timeout_s)
     valid, rejected = _screen(replies, by_id, shapes)
     failed += rejected
@@ -304,9 +313,7 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
         reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
     valid = _screen_norms(valid, arrays, config.federation.max_update_ratio, failed)
     if len(valid) < min_train:
-        raise FederationError(f"round {round_}: {len(valid)} valid updates, {min_train} required; "
-                              f"failures: {'; '.join(failed)}. Once the clients are back, {resume_hint} "
-                              "(federation.min_train_clients sets how many are required)")
+        raise _too_few(round_, f"{len(valid)} valid updates", min_train, failed, resume_hint)
     rows = [{"kind": "train", "round": round_, "client": node.client,
              "loss": float(r.content[P.METRICS]["train-loss"]),
              "loss_per_epoch": [float(v) for v in r.content[P.METRICS]["train-loss-per-epoch"]],
@@ -316,7 +323,7 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
              **({"epsilon": float(r.content[P.METRICS][P.EPSILON]),
                  "epsilon_next": float(r.content[P.METRICS][P.EPSILON_NEXT])} if P.EPSILON in r.content[P.METRICS] else {}),
              } for node, r in valid]
-    return valid, rows, failed, {node.node_id for node in sampled} - answered
+    return valid, rows, failed, {node.node_id for node in trainers} - answered
 
 
 def _secure_train_round(grid: Grid, trainers: list[Node], arrays: ArrayRecord, config: RunConfig, round_: int,

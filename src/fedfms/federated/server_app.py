@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedfms.config import RunConfig, load_config
 from fedfms.federated.server import FederationError, run_federation
+from fedfms.run.lock import run_lock
 from fedfms.run.log import console_logging
 from fedfms.run.tracker import RESUME_DEPLOYMENT
 from fedfms.train.sites import ordered_clients
@@ -38,8 +39,9 @@ def main(grid: Grid, context: Context) -> None:
             raise FederationError("a deployment needs data.clients: the names of the sites the server waits for")
         clients = [p.name for p in ordered_clients(config.data)]  # simulation: one node per client folder
         config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
-    run_federation(grid, config, run_dir, expected_nodes=len(config.data.clients),
-                   resume=bool(context.run_config.get("resume", False)), resume_hint=RESUME_DEPLOYMENT)
+    with run_lock(run_dir):
+        run_federation(grid, config, run_dir, expected_nodes=len(config.data.clients),
+                       resume=bool(context.run_config.get("resume", False)), resume_hint=RESUME_DEPLOYMENT)
 
 
 def server_app_for(config: RunConfig, run_dir: Path, expected_nodes: int, resume: bool, results: list) -> ServerApp:

@@ -15,8 +15,9 @@ from fedfms.federated.client_app import app as client_app
 from fedfms.federated.interrupt import stop_cleanly
 from fedfms.federated.reaper import reaped
 from fedfms.federated.server_app import server_app_for
-from fedfms.io import output_folder
 from fedfms.models import build_model
+from fedfms.run.lock import run_lock
+from fedfms.train.device import resolve_device
 from fedfms.train.planning import needs_plan
 from fedfms.train.sites import (
     check_site_files,
@@ -32,7 +33,8 @@ def preflight(config: RunConfig) -> None:
     """What can be checked before the engine starts, so that a wrong setting or a broken folder
     is one clear error in seconds instead of a client failure after Ray's start-up: every client
     folder (manifest, classes against the model, sample files) and the model itself (input size,
-    pretrained weights file: built once here)."""
+    pretrained weights file: built once here) and the device (the virtual sites run here)."""
+    resolve_device(config.train.device, "train.device")
     for directory in ordered_clients(config.data):
         check_site_files(load_site(directory, config))
     if not needs_plan(config):  # an nnU-Net is planned from the sites' fingerprints first
@@ -44,11 +46,17 @@ def simulate(config: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     Node *i* serves the *i*-th client of ``data.clients`` (default: all folders under
     ``data.root``, sorted). Each virtual client gets ``simulation.cpus_per_client`` CPUs (default:
-    all, so clients train one after another and each uses every core).
+    all, so clients train one after another and each uses every core). The run folder is held
+    for the run's life (:mod:`fedfms.run.lock`).
     """
-    clients = [p.name for p in ordered_clients(config.data)]  # a wrong client name fails before any folder is made
-    output_folder(config.output_dir)
+    ordered_clients(config.data)  # a wrong client name fails before any folder is made
     preflight(config)
+    with run_lock(config.output_dir):
+        return _simulate(config, resume)
+
+
+def _simulate(config: RunConfig, resume: bool) -> dict[str, Any]:
+    clients = [p.name for p in ordered_clients(config.data)]
     config = config.model_copy(update={"data": config.data.model_copy(update={"clients": clients})})
     cores = os.cpu_count() or 1
     backend = {

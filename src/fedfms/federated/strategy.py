@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import torch
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
 
 from fedfms.config import FederationConfig
 from fedfms.federated import protocol as P
@@ -56,16 +55,25 @@ def restore_strategy_tensors(strategy: FedAvg, tensors: dict[str, torch.Tensor])
             setattr(strategy, moment, values)
 
 
-class NodeSubset:
-    """The part of a Flower ``Grid`` a strategy samples from: only the nodes that train.
+class _Placeholders:
+    """A stand-in ``Grid`` for :func:`train_content`: ``count`` placeholder node ids, always
+    enough, so that the strategy's node sampling (which sleeps until enough nodes are online,
+    with no deadline) returns at once."""
 
-    The unseen (test) client's node is connected to the same SuperLink but must never receive a
-    train message; strategies sample through ``grid.get_node_ids()``, so they get this view.
-    """
-
-    def __init__(self, grid, node_ids: Iterable[int]) -> None:
-        self._grid = grid
-        self._allowed = set(node_ids)
+    def __init__(self, count: int) -> None:
+        self._count = count
 
     def get_node_ids(self) -> list[int]:
-        return [n for n in self._grid.get_node_ids() if n in self._allowed]
+        return list(range(self._count))
+
+
+def train_content(strategy: Strategy, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+    """What every training node receives in ``server_round``: the global ``arrays`` and
+    ``config`` as the strategy configures them (FedProx adds ``proximal-mu``, FedAdam keeps the
+    arrays it will step from). The server addresses the messages itself
+    (:func:`fedfms.federated.server._train_round`): which nodes train, and how long the round
+    waits for them, is the server's decision, each wait with a deadline."""
+    inner = getattr(strategy, "strategy", strategy)  # a DP wrapper configures through the strategy it wraps
+    count = max(inner.min_available_nodes, inner.min_train_nodes, 1)
+    messages = list(strategy.configure_train(server_round, arrays, config, _Placeholders(count)))
+    return messages[0].content

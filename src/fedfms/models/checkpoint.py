@@ -1,5 +1,7 @@
 """fedfms checkpoints: a folder with ``model.safetensors`` (the full state dict) and
-``fedfms_model.json`` (the :class:`ModelConfig` fields, plus ``"metadata"``: ``{str: str}``).
+``fedfms_model.json`` (the :class:`ModelConfig` fields, plus ``"metadata"``: ``{str: str}``,
+and ``"sha256"``: the digest of ``model.safetensors``, checked on every load; a damaged file is
+refused naming it. Checkpoints written before digests were stored load with a warning).
 
 The JSON is enough to rebuild the same model (see :func:`fedfms.models.load_checkpoint`).
 Writing is atomic: files go to a temporary folder beside the target, which then takes the
@@ -9,6 +11,7 @@ target's name; an existing checkpoint is moved away only once the new one is com
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,10 +24,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedfms.config import ModelConfig
+from fedfms.io import sha256_of
 from fedfms.models.state import CheckpointError, load_state_strict, storage_aliases
 
 CONFIG_FILE = "fedfms_model.json"
 STATE_FILE = "model.safetensors"
+DIGESTS = "sha256"
+logger = logging.getLogger("fedfms")
 
 
 def save_checkpoint(
@@ -40,6 +46,7 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_file(tensors, staging / STATE_FILE)
+        description[DIGESTS] = {STATE_FILE: sha256_of(staging / STATE_FILE)}
         (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
         if directory.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
@@ -61,25 +68,33 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read safetensors file: {err}") from err
 
 
-def read_checkpoint_config(directory: Path) -> tuple[ModelConfig, dict[str, str]]:
-    """The model configuration and metadata stored in a checkpoint folder."""
+def _read_description(directory: Path) -> tuple[ModelConfig, dict[str, str], dict[str, str]]:
+    """A checkpoint folder's model configuration, metadata and file digests."""
     path = Path(directory) / CONFIG_FILE
     try:
         description = json.loads(path.read_text())
         metadata = description.pop("metadata", {})
-        return ModelConfig.model_validate(description), metadata
+        digests = description.pop(DIGESTS, {})
+        return ModelConfig.model_validate(description), metadata, digests
     except (OSError, json.JSONDecodeError, AttributeError, ValidationError) as err:
         raise CheckpointError(f"{path}: not a readable fedfms model description: {err}") from err
 
 
+def read_checkpoint_config(directory: Path) -> tuple[ModelConfig, dict[str, str]]:
+    """The model configuration and metadata stored in a checkpoint folder."""
+    cfg, metadata, _ = _read_description(directory)
+    return cfg, metadata
+
+
 def load_checkpoint_state(model: nn.Module, directory: Path, cfg: ModelConfig) -> None:
-    """Load a checkpoint's tensors into ``model`` (built from ``cfg``), strictly.
+    """Load a checkpoint's tensors into ``model`` (built from ``cfg``), strictly, once their
+    file matches its stored digest.
 
     Every configuration field but ``checkpoint`` must equal the stored one; otherwise the
     error lists the differences (e.g. ``backbone: vit_l in the checkpoint, vit_b asked``).
     """
     directory = Path(directory)
-    stored, _ = read_checkpoint_config(directory)
+    stored, _, digests = _read_description(directory)
     differences = [
         f"{field}: {getattr(stored, field)!r} in the checkpoint, {getattr(cfg, field)!r} asked"
         for field in ModelConfig.model_fields
@@ -91,4 +106,10 @@ def load_checkpoint_state(model: nn.Module, directory: Path, cfg: ModelConfig) -
             + "; ".join(differences)
         )
     path = directory / STATE_FILE
+    if STATE_FILE not in digests:
+        logger.warning("%s: no SHA-256 digest in %s (written before fedfms stored them): its integrity is not "
+                       "checked", path, CONFIG_FILE)
+    elif path.is_file() and sha256_of(path) != digests[STATE_FILE]:
+        raise CheckpointError(f"{path}: the file is damaged: its SHA-256 differs from the digest stored in "
+                              f"{CONFIG_FILE} when it was written")
     load_state_strict(model, read_safetensors(path), str(path))

@@ -9,6 +9,9 @@ Layout under ``RUN_DIR/checkpoints/``::
 
 Each folder is written under a temporary name and renamed into place; ``LATEST`` is replaced
 atomically after that, so an interrupted write never leaves a checkpoint that resume would take.
+``state.json`` also holds the SHA-256 of both tensor files (``"sha256"``); a file that no
+longer matches it (damaged on disk) makes its folder unreadable, and a resume falls back to the
+best round, naming the damaged file.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedfms.errors import FedfmsError
-from fedfms.io import atomic_write_text, describe
+from fedfms.io import atomic_write_text, describe, sha256_of
 
 TRAINABLE = "trainable.safetensors"
 STRATEGY = "strategy.safetensors"
 STATE = "state.json"
+DIGESTS = "sha256"
 logger = logging.getLogger("fedfms")
 LATEST = "LATEST"
 
@@ -66,7 +70,8 @@ def _write_folder(target: Path, trainable: dict[str, torch.Tensor], strategy: di
     try:
         save_file({k: v.contiguous() for k, v in trainable.items()}, tmp / TRAINABLE)
         save_file({k: v.contiguous() for k, v in strategy.items()}, tmp / STRATEGY)
-        (tmp / STATE).write_text(json.dumps(asdict(state), indent=2))
+        digests = {name: sha256_of(tmp / name) for name in (TRAINABLE, STRATEGY)}
+        (tmp / STATE).write_text(json.dumps(asdict(state) | {DIGESTS: digests}, indent=2))
         if target.exists():
             old = target.with_name(f".{target.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -101,9 +106,15 @@ def save_round(run_dir: Path, trainable: dict[str, torch.Tensor], strategy: dict
 
 def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RoundState]:
     try:
-        state = RoundState(**json.loads((folder / STATE).read_text()))
+        described = json.loads((folder / STATE).read_text())
+        digests = described.pop(DIGESTS, {})  # none in the folders of earlier versions
+        state = RoundState(**described)
+        for name, digest in digests.items():
+            if sha256_of(folder / name) != digest:
+                raise ResumeError(f"{folder / name}: checkpoint is damaged: its SHA-256 differs from the one "
+                                  f"stored in {STATE} when it was written")
         return load_file(folder / TRAINABLE), load_file(folder / STRATEGY), state
-    except (OSError, ValueError, TypeError, SafetensorError) as err:
+    except (OSError, ValueError, TypeError, AttributeError, SafetensorError) as err:
         raise ResumeError(f"{folder}: checkpoint is unreadable: {err}") from None
 
 

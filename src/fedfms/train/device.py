@@ -7,12 +7,32 @@ from collections.abc import Iterator
 
 import torch
 
+from fedfms.config import DEVICE
+from fedfms.errors import FedfmsError
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; any other name is passed to torch."""
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceError(FedfmsError, ValueError):
+    """A device or precision this machine does not have; the message names the setting."""
+
+
+def resolve_device(name: str, setting: str = "--device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps``
+    only if this machine has them (:class:`DeviceError` naming ``setting`` otherwise: before
+    any work, not at the first tensor moved)."""
+    if not DEVICE.match(name):
+        raise DeviceError(f"{setting} {name!r}: not a device (expected auto, cpu, cuda, cuda:N or mps)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{setting} {name!r}: this machine has no CUDA GPU that torch can use; choose auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"{setting} {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{setting} {name!r}: MPS is not available on this machine; choose auto or cpu")
+    return device
 
 
 def cpu_has_bf16() -> bool:
@@ -30,7 +50,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if precision not in PRECISIONS:
+        raise DeviceError(f"--precision {precision!r}: expected auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 @contextlib.contextmanager

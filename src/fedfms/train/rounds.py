@@ -55,7 +55,7 @@ def _nnunet_round(model: nn.Module, sites: Sequence[Site], config: RunConfig, mo
     epochs = config.train.local_epochs
     return [train_round(model.network, plan["plans"], plan["dataset"], workspace, (round_ - 1) * epochs + e,
                         config.federation.rounds * epochs, model_cfg.nnunet.iterations_per_round,
-                        resolve_device(config.train.device), model_cfg.nnunet.augmentation_workers)
+                        resolve_device(config.train.device, "train.device"), model_cfg.nnunet.augmentation_workers)
             for e in range(epochs)]
 
 
@@ -69,7 +69,7 @@ def local_round(model: nn.Module, sites: Sequence[Site], config: RunConfig, mode
         return _nnunet_round(model, sites, config, model_cfg, round_, client)
     if config.privacy.level == "record":
         return dp_local_round(model, sites, config, model_cfg, round_, client)
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, "train.device")
     inputs = ConcatDataset([site_inputs(s, "train", model, config, model_cfg) for s in sites])
     loader = make_loader(inputs, config.train.batch_size, shuffle=True, seed=config.train.seed + round_,
                          num_workers=config.train.num_workers)

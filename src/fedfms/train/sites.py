@@ -61,7 +61,7 @@ def site_inputs(site: Site, part: str, model: nn.Module, config: RunConfig,
     images = site.dataset(part, model_cfg)
     if model_cfg.arch != "sam" or model_cfg.mode != "decoder":
         return images
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, "train.device")
     root = config.train.embedding_cache or default_cache_root()
     return cached_embeddings(images, model, root, device, resolve_precision(config.train.precision, device),
                              desc=f"{site.name} {part} embeddings")
@@ -129,7 +129,7 @@ def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: Model
     loader = make_loader(inputs, config.evaluation.batch_size, shuffle=False, seed=0,
                          num_workers=config.train.num_workers)
     scores = evaluate(model, loader, site.manifest.class_names, config.evaluation,
-                      resolve_device(config.train.device), config.train.precision)
+                      resolve_device(config.train.device, "train.device"), config.train.precision)
     return {"split": split, **scores}
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fedfms.data.manifest import SampleRecord
+from fedfms.data.manifest import SampleRecord, check_client_name
 from fedfms.data.resize import resize_image, resize_mask
 from fedfms.data.validate import Problems
 from fedfms.data.writer import ClientWriter
@@ -67,6 +67,9 @@ class OutputSpec:
     mode: str = "create"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        check_client_name(self.client)  # before anything is read or written
+
 
 def write_samples(
     units: Sequence[Unit],
@@ -94,6 +97,11 @@ def write_samples(
         for item in tqdm(units, desc=f"prepare {out.client}", unit=unit, disable=None if out.progress else True,
                          leave=False):
             for raw in convert(item, problems, report):
+                if raw.mask.any() and raw.image.min() == raw.image.max():
+                    where = raw.record.source + ("" if raw.record.slice_index is None else
+                                                 f" slice {raw.record.slice_index}")
+                    report.warnings.append(f"{where}: blank image (one value everywhere) with a labelled mask; "
+                                           "check the image and its intensities")
                 if problems:
                     continue  # keep checking the rest, but write nothing once something is wrong
                 mask = resize_mask(raw.mask, out.mask_size)

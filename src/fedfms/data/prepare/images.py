@@ -36,7 +36,7 @@ from fedfms.data.manifest import SampleRecord, safe_id
 from fedfms.data.prepare.common import OutputSpec, PrepareReport, RawSample, tiled, write_samples
 from fedfms.data.prepare.encodings import MaskEncoding
 from fedfms.data.prepare.intensity import image_to_unit
-from fedfms.data.prepare.io import is_image_file, read_image, read_mask, split_suffix
+from fedfms.data.prepare.io import is_image_file, read_image, read_mask, split_suffix, warn_broken_links
 from fedfms.data.validate import Problems, check_not_empty, check_same_shape, check_unique, check_unpaired
 
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
@@ -62,6 +62,7 @@ class Discovery:
 
 def _files_by_stem(folder: Path, strip: str = "") -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
+    warn_broken_links(folder)
     for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         stem = split_suffix(path)[0]
         if strip and stem.endswith(strip):

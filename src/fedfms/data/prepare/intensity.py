@@ -14,12 +14,12 @@ def clip_and_scale(array: np.ndarray, upper_percentile: float = 99.0) -> np.ndar
 
     A constant array (upper bound equal to the minimum) becomes all zeros.
     """
-    array = np.asarray(array, dtype=np.float32)
-    upper = np.float32(np.percentile(array, upper_percentile))
-    lower = np.float32(array.min())
+    array = np.asarray(array, dtype=np.float64)  # float32 overflows on a range of 3e38 - (-3e38)
+    upper = np.percentile(array, upper_percentile)
+    lower = array.min()
     if upper <= lower:
-        return np.zeros_like(array)
-    return (np.clip(array, lower, upper) - lower) / (upper - lower)
+        return np.zeros(array.shape, np.float32)
+    return ((np.clip(array, lower, upper) - lower) / (upper - lower)).astype(np.float32)
 
 
 def image_to_unit(image: np.ndarray, upper_percentile: float = 99.0) -> np.ndarray:

@@ -6,6 +6,8 @@ dimensionality) and return ``None``, so that a converter can report every bad fi
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from fedfms.data.validate import Problems, check_finite, check_ndim
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *NIFTI_SUFFIXES)
+logger = logging.getLogger("fedfms")
 
 
 def split_suffix(path: Path) -> tuple[str, str]:
@@ -26,6 +29,14 @@ def split_suffix(path: Path) -> tuple[str, str]:
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and split_suffix(path)[1] in IMAGE_SUFFIXES
+
+
+def warn_broken_links(folder: Path) -> None:
+    """Name, in the log, every symbolic link in ``folder`` whose target is missing or loops:
+    the listing skips it (it is no file), which should not go unsaid."""
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() and not path.exists():
+            logger.warning("%s: broken symbolic link (its target is missing or loops); skipped", path)
 
 
 def _read_raw(path: Path, as_mask: bool) -> np.ndarray:

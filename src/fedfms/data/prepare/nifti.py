@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from fedfms.data.prepare.common import OutputSpec, PrepareReport, RawSample, wri
 from fedfms.data.prepare.encodings import MaskEncoding, label_map_encoding
 from fedfms.data.prepare.images import IMAGE_DIR_NAMES, MASK_DIR_NAMES
 from fedfms.data.prepare.intensity import clip_and_scale
-from fedfms.data.prepare.io import NIFTI_SUFFIXES, split_suffix
+from fedfms.data.prepare.io import NIFTI_SUFFIXES, split_suffix, warn_broken_links
 from fedfms.data.validate import (
     Problems,
     check_finite,
@@ -95,6 +95,9 @@ def preset(name: str, **overrides: Any) -> NiftiOptions:
     """A preset with some fields replaced (``None`` values are ignored)."""
     if name not in PRESETS:
         raise ValueError(f"unknown NIfTI preset {name!r}; known: {', '.join(PRESETS)}")
+    channels = overrides.get("channels")
+    if channels is not None and channels not in get_args(Channels):  # as fedfms predict accepts them
+        raise ValueError(f"--channels {channels!r}: expected {' or '.join(get_args(Channels))}")
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -107,6 +110,7 @@ class Volume:
 
 def _nifti_by_case(folder: Path, suffix: str) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
+    warn_broken_links(folder)
     for path in sorted(folder.iterdir()):
         stem, ext = split_suffix(path)
         if path.is_file() and ext in NIFTI_SUFFIXES and stem.endswith(suffix):
