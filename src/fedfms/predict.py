@@ -111,6 +111,18 @@ class Predictor:
     tile: int | None = None
     tile_overlap: float = 0.25
 
+    def model_input(self, slices: Sequence[np.ndarray]) -> torch.Tensor:
+        """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3) -> the model's input
+        ``(N, 3, S, S)`` float32: each stretched to ``(S, S)`` and quantised to 1/255 steps, as a
+        prepared client stores it; grey repeated to 3 channels."""
+        import torch
+
+        from fedfms.data.resize import resize_image
+        from fedfms.data.writer import to_uint8
+
+        stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
+        return torch.from_numpy(stored).float().div_(255.0).expand(-1, 3, -1, -1)
+
     def segment(self, slices: Sequence[np.ndarray]) -> np.ndarray:
         """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3, one ``(H, W)``) ->
         ``(N, C, H, W)`` bool masks at the slices' own size: the whole slice stretched to the
@@ -119,8 +131,7 @@ class Predictor:
         import torch
         import torch.nn.functional as F
 
-        from fedfms.data.resize import resize_image
-        from fedfms.data.writer import to_uint8
+        from fedfms.data.resize import BILINEAR
         from fedfms.train.device import autocast
 
         def probabilities_of(images: torch.Tensor) -> torch.Tensor:  # (n, 3, S, S) -> (n, C, M, M)
@@ -134,11 +145,33 @@ class Predictor:
                 probabilities = sliding_window_probabilities(
                     unit, probabilities_of, self.tile, self.image_size, self.tile_overlap, self.batch_size, self.device)
             else:
-                stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
-                images = torch.from_numpy(stored).to(self.device).float().div_(255.0)
-                probabilities = probabilities_of(images.expand(-1, 3, -1, -1))
-        resized = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+                probabilities = probabilities_of(self.model_input(slices).to(self.device))
+        resized = F.interpolate(probabilities, size=(height, width), **BILINEAR)
         return (resized > self.threshold).cpu().numpy()
+
+    def describe(self, mask_size: int, class_names: Sequence[str]) -> dict[str, Any]:
+        """The rules of :meth:`segment`, :meth:`predict_image` and :meth:`predict_volume` with
+        this predictor's settings, as data: what a tool running the bare model (logits
+        ``(B, C, mask_size, mask_size)``, see :mod:`fedfms.export`) needs to give the same masks."""
+        from fedfms.data.resize import BILINEAR
+
+        size = self.image_size
+        return {
+            "model_input": {"shape": ["B", 3, size, size], "dtype": "float32", "range": [0.0, 1.0]},
+            "model_output": {"shape": ["B", self.num_classes, mask_size, mask_size], "dtype": "float32",
+                             "meaning": "logits, one channel per class"},
+            "class_names": list(class_names),
+            "image_2d": {"uint8": "value / 255", "other_depths": f"clip at percentile {self.upper_percentile} of the "
+                         "image, then min-max to [0, 1]", "grey": "repeated to 3 channels"},
+            "volume": {"intensity": f"clip at percentile {self.upper_percentile} of the whole volume, then min-max "
+                       "to [0, 1]", "slicing_axis": self.axis, "channels": self.channels,
+                       "channels_rule": "copy: the slice 3 times; neighbours: slices k-1, k, k+1 (edges repeated)"},
+            "resize_to_input": {"size": [size, size], **BILINEAR, "then": "clip to [0, 1], round(x * 255) / 255"},
+            "postprocess": {"activation": "sigmoid", "resize_to_slice": BILINEAR, "threshold": self.threshold,
+                            "comparison": "probability > threshold",
+                            "labels": "class c (0-based) is value c + 1; later classes overwrite earlier ones"},
+            "tile": self.tile,
+        }
 
     def predict_volume(self, path: Path, out_dir: Path) -> list[Path]:
         """One NIfTI volume -> its mask volume in ``out_dir`` (same name)."""
@@ -223,9 +256,11 @@ def sliding_window_probabilities(
     import torch.nn.functional as F
     from monai.inferers import sliding_window_inference
 
+    from fedfms.data.resize import BILINEAR
+
     height, width = images.shape[-2:]
     scaled_size = (max(1, round(height * size / tile)), max(1, round(width * size / tile)))
-    scaled = F.interpolate(images, size=scaled_size, mode="bilinear", align_corners=False, antialias=True)
+    scaled = F.interpolate(images, size=scaled_size, **BILINEAR)
     scaled = scaled.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0).expand(-1, 3, -1, -1)
     return sliding_window_inference(scaled.to(device), roi_size=(size, size), sw_batch_size=batch_size,
                                     predictor=probabilities_of, overlap=overlap, mode="gaussian")
