@@ -97,7 +97,6 @@ def test_tracking_server_down_warns_once_and_training_completes(config: RunConfi
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     tracked = _tracked(config, f"http://127.0.0.1:{_free_port()}")
     with caplog.at_level(logging.WARNING, logger="fedfms"):
-        monkeypatch.setattr(logging.getLogger("fedfms"), "propagate", True)
         results = train_centralized(tracked)
     warnings = [r for r in caplog.records if "MLflow" in r.getMessage()]
     assert len(warnings) == 1 and "training goes on" in warnings[0].getMessage()
