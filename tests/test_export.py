@@ -4,6 +4,9 @@ images at batch 1 and 3; the metadata is predict's; nnU-Net and bad destinations
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import fedfms
 from fedfms.cli import app
 from fedfms.config import ModelConfig
 from fedfms.data.prepare.intensity import image_to_unit
@@ -122,9 +126,10 @@ def test_metadata_is_predicts_rules_and_the_runs_class_names(unet: Path, tmp_pat
     assert "model.ts" in result.output and "MB" in result.output
     metadata = json.loads((tmp_path / "ts" / METADATA).read_text())
     rules = metadata["predict"]
-    expected = load_predictor(checkpoint, device="cpu").describe(64, ["disc", "cup"])
+    expected = load_predictor(checkpoint, device="cpu", precision="fp32").describe(64, ["disc", "cup"])
     assert rules == json.loads(json.dumps(expected))
     assert rules["class_names"] == ["disc", "cup"] and rules["postprocess"]["threshold"] == 0.5
+    assert rules["precision"] == "float32"
     assert rules["model_input"]["shape"] == ["B", 3, 64, 64] and rules["resize_to_input"]["antialias"] is True
 
 
@@ -135,7 +140,7 @@ def test_refusals_leave_nothing_half_written(unet: Path, tmp_path: Path) -> None
     with pytest.raises(ExportError, match="already exists"):
         export_checkpoint(unet, "onnx", occupied)
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
-    with pytest.raises(ExportError, match="expected one of onnx, torchscript"):
+    with pytest.raises(ExportError, match="expected one of onnx, torchscript, monai-bundle"):
         export_checkpoint(unet, "tflite", tmp_path / "x")
     nnunet = tmp_path / "nnunet"
     nnunet.mkdir()
@@ -145,3 +150,51 @@ def test_refusals_leave_nothing_half_written(unet: Path, tmp_path: Path) -> None
     assert result.exit_code != 0
     assert isinstance(result.exception, ExportError) and "nnunetv2's predictor" in str(result.exception)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_monai_bundle_run_writes_predicts_masks_for_a_png_and_a_nifti(tiny_sam: Path, shared_data: Path,
+                                                                       tmp_path: Path) -> None:
+    """``python -m monai.bundle run`` on a real prostate MRI slice (PNG) and a NIfTI volume made
+    of real slices: the same masks, bit for bit, as ``fedfms predict`` with the checkpoint (a
+    tiny SAM whose logits are centred on the threshold, so that many pixels are borderline)."""
+    import nibabel as nib
+    from PIL import Image
+
+    from fedfms.predict import predict_path
+
+    slices = sorted((shared_data / "prostate-slices").glob("*/train/image/*.png"))[:3]
+    model, cfg = load_checkpoint(tiny_sam)
+    images = load_predictor(tiny_sam, device="cpu").model_input([image_to_unit(read_image(slices[0], Problems()))])
+    with torch.no_grad():  # logits of a trained model's spread (std 10), about half above the threshold
+        logits = model.eval()(images)[0].flatten(1)  # (C, M * M)
+        scale = 10.0 / logits.std(dim=1)
+        model.head.weight.mul_(scale[:, None, None, None])
+        model.head.bias.sub_(logits.median(dim=1).values + 1e-3).mul_(scale)
+    checkpoint = tmp_path / "run" / "best_model"
+    save_checkpoint(checkpoint, model, cfg)
+    bundle = tmp_path / "bundle"
+    export_checkpoint(checkpoint, "monai-bundle", bundle)
+    assert {"configs/inference.json", "configs/metadata.json", "models/model.ts", METADATA} <= {
+        str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "slice.png").write_bytes(slices[0].read_bytes())
+    volume = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32)[::4, ::4] for p in slices], axis=-1)
+    nib.save(nib.Nifti1Image(volume * 3.0 + 10.0, np.diag([0.5, 0.5, 3.0, 1.0])), str(scans / "volume.nii.gz"))
+    env = {**os.environ, "PYTHONPATH": str(Path(fedfms.__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                          str(bundle / "configs" / "inference.json"), "--meta_file", str(bundle / "configs" / "metadata.json"),
+                          "--bundle_root", str(bundle), "--input_path", str(scans), "--output_dir", str(tmp_path / "monai")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    predict_path(checkpoint, scans, tmp_path / "fedfms", progress=False, precision="fp32")
+    png = [np.asarray(Image.open(tmp_path / folder / "slice.png")) for folder in ("monai", "fedfms")]
+    nifti = [nib.load(str(tmp_path / folder / "volume.nii.gz")) for folder in ("monai", "fedfms")]
+    np.testing.assert_array_equal(*png)
+    np.testing.assert_array_equal(*(np.asanyarray(n.dataobj) for n in nifti))
+    np.testing.assert_array_equal(nifti[0].affine, nifti[1].affine)
+    assert png[0].shape == (384, 384) and nifti[0].shape == volume.shape
+    assert set(np.unique(png[0])) == {0, 1, 2}  # labels of both classes and background: a real comparison
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
+    assert metadata["required_packages_version"]["fedfms"] == fedfms.__version__

@@ -4,6 +4,7 @@
   onnxruntime, Triton and inference servers;
 * ``torchscript``: ``model.ts`` from ``torch.jit.trace``, loadable by ``torch.jit.load`` without
   fedfms;
+* ``monai-bundle``: a MONAI bundle (:mod:`fedfms.export_bundle`) for MONAI Deploy and MONAI Label.
 
 The exported graph is the model itself: ``images (B, 3, S, S)`` float32 in [0, 1] -> logits
 ``(B, C, M, M)``, ``B`` dynamic. Every exported folder holds ``fedfms_export.json``: the rules
@@ -24,7 +25,6 @@ once every file is written and checked; an existing non-empty ``--out`` is refus
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -36,7 +36,7 @@ import typer
 
 from fedfms.errors import FedfmsError
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "monai-bundle")
 METADATA = "fedfms_export.json"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.ts"
@@ -67,11 +67,12 @@ def export_metadata(checkpoint: Path, fmt: str, model: Any, cfg: Any, folder: Pa
     ``predict``'s rules with its default settings, the model's configuration and sizes."""
     import torch
 
+    from fedfms.export_bundle import predictor_settings
     from fedfms.models import trainable_state
     from fedfms.predict import Predictor
 
-    defaults = {f.name: f.default for f in dataclasses.fields(Predictor) if f.default is not dataclasses.MISSING}
-    predictor = Predictor(model, cfg.image_size, cfg.num_classes, torch.device("cpu"), torch.float32, **defaults)
+    predictor = Predictor(model, cfg.image_size, cfg.num_classes, torch.device("cpu"), torch.float32,
+                          **predictor_settings())
     size = (folder / model_file).stat().st_size
     return {
         "format": fmt,
@@ -141,6 +142,8 @@ def _staging(out: Path) -> Path:
 def export_checkpoint(checkpoint: Path, fmt: str, out: Path) -> dict[str, Any]:
     """Export the fedfms checkpoint folder ``checkpoint`` as ``fmt`` into the folder ``out``;
     returns the content of its ``fedfms_export.json``."""
+    from fedfms.export_bundle import write_bundle
+
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -151,9 +154,12 @@ def export_checkpoint(checkpoint: Path, fmt: str, out: Path) -> dict[str, Any]:
         if fmt == "onnx":
             export_onnx(model, example, staging / ONNX_FILE)
             model_file = ONNX_FILE
-        else:
+        elif fmt == "torchscript":
             export_torchscript(model, example, staging / TORCHSCRIPT_FILE)
             model_file = TORCHSCRIPT_FILE
+        else:
+            model_file = write_bundle(staging, cfg, class_names_of(checkpoint, cfg.num_classes),
+                                      lambda path: export_torchscript(model, example, path))
         metadata = export_metadata(checkpoint, fmt, model, cfg, staging, model_file)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         if out.exists():
@@ -167,11 +173,11 @@ def export_checkpoint(checkpoint: Path, fmt: str, out: Path) -> dict[str, Any]:
 
 def export_command(
     checkpoint: Annotated[Path, typer.Option(help="fedfms checkpoint folder, e.g. runs/NAME/best_model.")],
-    format: Annotated[str, typer.Option("--format", help="onnx | torchscript.")],
+    format: Annotated[str, typer.Option("--format", help="onnx | torchscript | monai-bundle.")],
     out: Annotated[Path, typer.Option(help="Folder to create for the exported model and its fedfms_export.json.")],
 ) -> None:
     """Export a trained model for other tools: ONNX (onnxruntime, inference servers), TorchScript
-    (``torch.jit.load``). The graph maps images
+    (``torch.jit.load``) or a MONAI bundle (MONAI Deploy, MONAI Label). The graph maps images
     ``(B, 3, S, S)`` in [0, 1] to logits ``(B, C, M, M)``; ``fedfms_export.json`` beside it
     says how ``fedfms predict`` prepares inputs and turns logits into masks."""
     metadata = export_checkpoint(checkpoint, format, out)

@@ -55,6 +55,9 @@ _COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (25
 _PALETTE = [v for i in range(256) for v in _COLOURS[i % len(_COLOURS)]]
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 class PredictError(FedfmsError, ValueError):
     """An input that cannot be predicted (or an output that cannot be written); names the file."""
 
@@ -158,6 +161,7 @@ class Predictor:
         size = self.image_size
         return {
             "model_input": {"shape": ["B", 3, size, size], "dtype": "float32", "range": [0.0, 1.0]},
+            "precision": str(self.dtype).removeprefix("torch."),
             "model_output": {"shape": ["B", self.num_classes, mask_size, mask_size], "dtype": "float32",
                              "meaning": "logits, one channel per class"},
             "class_names": list(class_names),
@@ -297,9 +301,11 @@ def check_outputs(files: Sequence[Path], output: Path, predictor: Predictor) -> 
         raise PredictError(f"{output}: masks would replace the inputs {', '.join(replaced)}; choose another output folder")
 
 
-def load_predictor(checkpoint: Path, device: str = "auto", **settings: Any) -> Predictor:
+def load_predictor(checkpoint: Path, device: str = "auto", precision: str = "auto", **settings: Any) -> Predictor:
     """Load a fedfms checkpoint folder (``CheckpointError`` naming the file if it is missing or
-    corrupt) into a :class:`Predictor` on ``device`` in eval mode."""
+    corrupt) into a :class:`Predictor` on ``device`` in eval mode; ``precision`` as in training
+    (``auto``: bf16 autocast where the CPU or GPU has it, see
+    :func:`fedfms.train.device.resolve_precision`; ``fp32``: the exported models' precision)."""
     from fedfms.models import CheckpointError, load_checkpoint
     from fedfms.train.device import resolve_device, resolve_precision
 
@@ -309,7 +315,8 @@ def load_predictor(checkpoint: Path, device: str = "auto", **settings: Any) -> P
                               "folder with fedfms_model.json and model.safetensors, e.g. <run_dir>/best_model)")
     model, cfg = load_checkpoint(checkpoint)
     dev = resolve_device(device)
-    return Predictor(model.to(dev).eval(), cfg.image_size, cfg.num_classes, dev, resolve_precision("auto", dev), **settings)
+    return Predictor(model.to(dev).eval(), cfg.image_size, cfg.num_classes, dev, resolve_precision(precision, dev),
+                     **settings)
 
 
 def predict_path(
@@ -326,6 +333,7 @@ def predict_path(
     progress: bool = True,
     tile: int | None = None,
     tile_overlap: float = 0.25,
+    precision: str = "auto",
 ) -> list[Path]:
     """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images) with the
     model in ``checkpoint`` and write them into the folder ``output``; returns the written files.
@@ -347,10 +355,12 @@ def predict_path(
         raise PredictError(f"tile {tile} must be a positive number of pixels")
     if not 0 <= tile_overlap < 1:
         raise PredictError(f"tile overlap {tile_overlap} must lie in [0, 1)")
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     input, output = Path(input), Path(output)
     files = find_inputs(input)
     predictor = load_predictor(
-        checkpoint, device, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
+        checkpoint, device, precision, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
         multi_channel=multi_channel, batch_size=batch_size, progress=progress, tile=tile, tile_overlap=tile_overlap,
     )
     check_outputs(files, output, predictor)
@@ -379,6 +389,8 @@ def predict_command(
     multi_channel: Annotated[bool, typer.Option(help="One {0,1} channel per class (4D NIfTI, one PNG per class) instead of labels.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the CPU/GPU has it) | fp32 (as the "
+                                           "exported models) | bf16 | fp16.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     tile: Annotated[int | None, typer.Option(help="Side in input pixels of the tiles the model was trained on "
                                              "(prepare's --tile): larger inputs are predicted window by window.")] = None,
@@ -392,7 +404,7 @@ def predict_command(
         written = predict_path(
             checkpoint, input, output, threshold=threshold, channels=channels, axis=axis,  # type: ignore[arg-type]
             upper_percentile=clip_percentile, multi_channel=multi_channel, batch_size=batch_size, device=device,
-            progress=progress, tile=tile, tile_overlap=tile_overlap,
+            progress=progress, tile=tile, tile_overlap=tile_overlap, precision=precision,
         )
     except (PredictError, CheckpointError) as err:
         typer.secho(f"prediction failed:\n{err}", fg=typer.colors.RED, err=True)
