@@ -138,3 +138,17 @@ def test_run_is_logged_to_a_tracking_server_on_loopback(config: RunConfig, mlflo
     assert run.info.status == "FINISHED" and run.data.tags["unseen"] == "site-B"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "round/mean_val_dice")] == [1]
     assert "best_model/model.safetensors" in _artifacts(client, run.info.run_id)
+
+
+def test_sites_are_not_sent_the_tracking_section(config: RunConfig) -> None:
+    from flwr.app import RecordDict
+
+    from fedfms.federated import protocol as P
+    from fedfms.federated.handlers import _run_config
+    from fedfms.federated.server import _config_record
+
+    tracked = _tracked(config, "https://user:secret@tracker.example.org")
+    record = _config_record(tracked)
+    assert "secret" not in str(dict(record))
+    received = _run_config(RecordDict({P.CONFIG: record}))
+    assert received.tracking.mlflow_uri is None and received.model == tracked.model
