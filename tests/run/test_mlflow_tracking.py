@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrackingConfig, TrainConfig
 from fedfms.data import make_synthetic_federation
+from fedfms.experiments.report import write_loco_report
 from fedfms.run.log import read_rows
 from fedfms.run.mlflow_tracking import RUN_ID_FILE, row_metrics
 from fedfms.train.centralized import train_centralized
@@ -89,6 +90,8 @@ def test_local_store_gets_params_tags_metrics_artifacts_and_resume_continues_the
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert {"results.json", "config.yaml", "metrics.jsonl", "plots/dice_per_round.png",
             "best_model/model.safetensors", "best_model/fedfms_model.json"} <= _artifacts(client, run_id)
+    write_loco_report([tracked.output_dir], tmp_path / "report")  # fedfms report joins the tracked run
+    assert {"report/report.md", "report/unseen_dice_per_round.png"} <= _artifacts(client, run_id)
 
 
 def test_tracking_server_down_warns_once_and_training_completes(config: RunConfig, monkeypatch: pytest.MonkeyPatch,
