@@ -69,8 +69,8 @@ def test_rows_become_metrics_per_client_and_class_with_any_extra_number() -> Non
 
 def test_local_store_gets_params_tags_metrics_artifacts_and_resume_continues_the_run(config: RunConfig,
                                                                                      tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracked = _tracked(config, uri)
+    tracked = _tracked(config, str(tmp_path / "mlflow"))  # a local folder: an SQLite store in it
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     train_centralized(tracked)
     run_id = _run_id(tracked)
     train_centralized(tracked.with_overrides({"federation.rounds": 3}), resume=True)

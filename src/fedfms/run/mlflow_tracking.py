@@ -2,7 +2,8 @@
 nothing), when ``tracking.mlflow_uri`` is set.
 
 One MLflow run per training run (federated or centralized), in the experiment
-``tracking.experiment``:
+``tracking.experiment``; a plain folder as ``mlflow_uri`` holds an SQLite store ``mlflow.db``
+(MLflow 3 no longer creates folder stores):
 
 * parameters: the whole configuration, flattened (``federation.rounds``, ``model.mode``...);
 * tags: ``dataset`` (the data root's folder name), ``backbone`` (the architecture for the
@@ -75,6 +76,16 @@ def row_metrics(row: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def store_uri(uri: str) -> str:
+    """The tracking URI MLflow is given: a plain folder becomes an SQLite store ``mlflow.db`` in
+    it (MLflow 3 refuses new folder stores), any other URI is kept."""
+    if "://" in uri:
+        return uri
+    folder = Path(uri).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 def run_tags(config: RunConfig, kind: str, run_dir: Path) -> dict[str, str]:
     model = config.model
     return {
@@ -117,6 +128,7 @@ class MlflowRun:
 
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        self.uri = store_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         stored = self.run_dir / RUN_ID_FILE
         previous = json.loads(stored.read_text()) if resume and stored.exists() else None
