@@ -90,6 +90,7 @@ def test_local_store_gets_params_tags_metrics_artifacts_and_resume_continues_the
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert {"results.json", "config.yaml", "metrics.jsonl", "plots/dice_per_round.png",
             "best_model/model.safetensors", "best_model/fedfms_model.json"} <= _artifacts(client, run_id)
+    assert (tmp_path / "mlflow" / "mlartifacts" / "fedfms").is_dir()  # beside the store, not in the working dir
     write_loco_report([tracked.output_dir], tmp_path / "report")  # fedfms report joins the tracked run
     assert {"report/report.md", "report/unseen_dice_per_round.png"} <= _artifacts(client, run_id)
 

@@ -86,6 +86,15 @@ def store_uri(uri: str) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of an SQLite store keeps its artifacts: ``mlartifacts/<experiment>``
+    beside the database (MLflow's default, ``./mlruns``, is the working directory of whoever
+    runs); a server decides for itself (``None``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts" / experiment).as_uri()
+
+
 def run_tags(config: RunConfig, kind: str, run_dir: Path) -> dict[str, str]:
     model = config.model
     return {
@@ -139,8 +148,9 @@ class MlflowRun:
             logger.info("MLflow: continuing run %s at %s", self.run_id, self.uri)
             return
         experiment = self.client.get_experiment_by_name(config.tracking.experiment)
+        name = config.tracking.experiment
         experiment_id = (experiment.experiment_id if experiment is not None
-                         else self.client.create_experiment(config.tracking.experiment))
+                         else self.client.create_experiment(name, artifact_location(self.uri, name)))
         tags = run_tags(config, kind, self.run_dir) | {"rounds": str(config.federation.rounds)}
         run = self.client.create_run(experiment_id, run_name=config.name, tags=tags)
         self.run_id = run.info.run_id
