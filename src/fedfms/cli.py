@@ -14,6 +14,7 @@ from fedfms.benchmarks.efficiency import efficiency_command
 from fedfms.benchmarks.step import step_command
 from fedfms.data.cli import prepare_app
 from fedfms.errors import FedfmsError
+from fedfms.export import export_command
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
 from fedfms.io import describe
 from fedfms.models.cli import models_command
@@ -32,6 +33,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: fedfms' training
 bench_app.command("step")(step_command)
 app.add_typer(bench_app, name="bench")
 app.command("predict")(predict_command)
+app.command("export")(export_command)
 
 
 class Interrupted(BaseException):

@@ -323,6 +323,16 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(8, strict=True, ge=1)
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking of the coordinator (sites need nothing). ``mlflow_uri``: an MLflow
+    tracking URI (a local folder, ``sqlite:///runs.db``, or a consortium's tracking server
+    ``http(s)://...``) turns MLflow on: one MLflow run per training run in the experiment
+    ``experiment`` (see :mod:`fedfms.run.mlflow_tracking`). ``null``: fedfms' own logs only."""
+
+    mlflow_uri: str | None = None
+    experiment: str = "fedfms"
+
+
 class RunConfig(_Strict):
     """Everything one training run (federated or centralized) needs."""
 
@@ -335,6 +345,7 @@ class RunConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     simulation: SimulationConfig = SimulationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _unseen_is_a_client(self) -> RunConfig:

@@ -65,6 +65,7 @@ _PALETTE = [v for i in range(256) for v in _COLOURS[i % len(_COLOURS)]]
 OVERLAY_DIR = "overlays"
 #: Outline colours of classes 1, 2, ... in overlays: bright hues that stand out on tissue reds and on grey scans.
 OUTLINE_COLOURS = [(0, 183, 255), (0, 255, 102), (255, 255, 0), (255, 0, 255)]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class PredictError(FedfmsError, ValueError):
@@ -160,6 +161,18 @@ class Predictor:
     tile_overlap: float = 0.25
     overlay: bool = False
 
+    def model_input(self, slices: Sequence[np.ndarray]) -> torch.Tensor:
+        """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3) -> the model's input
+        ``(N, 3, S, S)`` float32: each stretched to ``(S, S)`` and quantised to 1/255 steps, as a
+        prepared client stores it; grey repeated to 3 channels."""
+        import torch
+
+        from fedfms.data.resize import resize_image
+        from fedfms.data.writer import to_uint8
+
+        stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
+        return torch.from_numpy(stored).float().div_(255.0).expand(-1, 3, -1, -1)
+
     def segment(self, slices: Sequence[np.ndarray]) -> np.ndarray:
         """``N`` slices ``(K, H, W)`` float in [0, 1] (K = 1 or 3, one ``(H, W)``) ->
         ``(N, C, H, W)`` bool masks at the slices' own size: the whole slice stretched to the
@@ -168,8 +181,7 @@ class Predictor:
         import torch
         import torch.nn.functional as F
 
-        from fedfms.data.resize import resize_image
-        from fedfms.data.writer import to_uint8
+        from fedfms.data.resize import BILINEAR
         from fedfms.train.device import autocast
 
         def probabilities_of(images: torch.Tensor) -> torch.Tensor:  # (n, 3, S, S) -> (n, C, M, M)
@@ -183,11 +195,34 @@ class Predictor:
                 probabilities = sliding_window_probabilities(
                     unit, probabilities_of, self.tile, self.image_size, self.tile_overlap, self.batch_size, self.device)
             else:
-                stored = np.stack([to_uint8(resize_image(s, self.image_size)) for s in slices])  # (N, K, S, S)
-                images = torch.from_numpy(stored).to(self.device).float().div_(255.0)
-                probabilities = probabilities_of(images.expand(-1, 3, -1, -1))
-        resized = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+                probabilities = probabilities_of(self.model_input(slices).to(self.device))
+        resized = F.interpolate(probabilities, size=(height, width), **BILINEAR)
         return (resized > self.threshold).cpu().numpy()
+
+    def describe(self, mask_size: int, class_names: Sequence[str]) -> dict[str, Any]:
+        """The rules of :meth:`segment`, :meth:`predict_image` and :meth:`predict_volume` with
+        this predictor's settings, as data: what a tool running the bare model (logits
+        ``(B, C, mask_size, mask_size)``, see :mod:`fedfms.export`) needs to give the same masks."""
+        from fedfms.data.resize import BILINEAR
+
+        size = self.image_size
+        return {
+            "model_input": {"shape": ["B", 3, size, size], "dtype": "float32", "range": [0.0, 1.0]},
+            "precision": str(self.dtype).removeprefix("torch."),
+            "model_output": {"shape": ["B", self.num_classes, mask_size, mask_size], "dtype": "float32",
+                             "meaning": "logits, one channel per class"},
+            "class_names": list(class_names),
+            "image_2d": {"uint8": "value / 255", "other_depths": f"clip at percentile {self.upper_percentile} of the "
+                         "image, then min-max to [0, 1]", "grey": "repeated to 3 channels"},
+            "volume": {"intensity": f"clip at percentile {self.upper_percentile} of the whole volume, then min-max "
+                       "to [0, 1]", "slicing_axis": self.axis, "channels": self.channels,
+                       "channels_rule": "copy: the slice 3 times; neighbours: slices k-1, k, k+1 (edges repeated)"},
+            "resize_to_input": {"size": [size, size], **BILINEAR, "then": "clip to [0, 1], round(x * 255) / 255"},
+            "postprocess": {"activation": "sigmoid", "resize_to_slice": BILINEAR, "threshold": self.threshold,
+                            "comparison": "probability > threshold",
+                            "labels": "class c (0-based) is value c + 1; later classes overwrite earlier ones"},
+            "tile": self.tile,
+        }
 
     def predict_volume(self, path: Path, out_dir: Path) -> list[Path]:
         """One NIfTI volume -> its mask volume in ``out_dir`` (same name)."""
@@ -286,9 +321,11 @@ def sliding_window_probabilities(
     import torch.nn.functional as F
     from monai.inferers import sliding_window_inference
 
+    from fedfms.data.resize import BILINEAR
+
     height, width = images.shape[-2:]
     scaled_size = (max(1, round(height * size / tile)), max(1, round(width * size / tile)))
-    scaled = F.interpolate(images, size=scaled_size, mode="bilinear", align_corners=False, antialias=True)
+    scaled = F.interpolate(images, size=scaled_size, **BILINEAR)
     scaled = scaled.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0).expand(-1, 3, -1, -1)
     return sliding_window_inference(scaled.to(device), roi_size=(size, size), sw_batch_size=batch_size,
                                     predictor=probabilities_of, overlap=overlap, mode="gaussian")
@@ -325,9 +362,11 @@ def check_outputs(files: Sequence[Path], output: Path, predictor: Predictor) -> 
         raise PredictError(f"{output}: masks would replace the inputs {', '.join(replaced)}; choose another output folder")
 
 
-def load_predictor(checkpoint: Path, device: str = "auto", **settings: Any) -> Predictor:
+def load_predictor(checkpoint: Path, device: str = "auto", precision: str = "auto", **settings: Any) -> Predictor:
     """Load a fedfms checkpoint folder (``CheckpointError`` naming the file if it is missing or
-    corrupt) into a :class:`Predictor` on ``device`` in eval mode."""
+    corrupt) into a :class:`Predictor` on ``device`` in eval mode; ``precision`` as in training
+    (``auto``: bf16 autocast where the CPU or GPU has it, see
+    :func:`fedfms.train.device.resolve_precision`; ``fp32``: the exported models' precision)."""
     from fedfms.models import CheckpointError, load_checkpoint
     from fedfms.train.device import resolve_device, resolve_precision
 
@@ -337,7 +376,8 @@ def load_predictor(checkpoint: Path, device: str = "auto", **settings: Any) -> P
                               "folder with fedfms_model.json and model.safetensors, e.g. <run_dir>/best_model)")
     model, cfg = load_checkpoint(checkpoint)
     dev = resolve_device(device)
-    return Predictor(model.to(dev).eval(), cfg.image_size, cfg.num_classes, dev, resolve_precision("auto", dev), **settings)
+    return Predictor(model.to(dev).eval(), cfg.image_size, cfg.num_classes, dev, resolve_precision(precision, dev),
+                     **settings)
 
 
 def predict_path(
@@ -357,6 +397,7 @@ def predict_path(
     overlay: bool = False,
     series: str | None = None,
     class_names: list[str] | None = None,
+    precision: str = "auto",
 ) -> list[Path]:
     """Predict masks for ``input`` (a file or a folder of NIfTI volumes / 2D images, or a DICOM
     series folder or multi-frame object: :func:`predict_dicom`) with the model in
@@ -380,6 +421,8 @@ def predict_path(
         raise PredictError(f"tile {tile} must be a positive number of pixels")
     if not 0 <= tile_overlap < 1:
         raise PredictError(f"tile overlap {tile_overlap} must lie in [0, 1)")
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     input, output = Path(input), Path(output)
     if is_dicom(input):
         return predict_dicom(checkpoint, input, output, series, class_names, device=device, threshold=threshold,
@@ -387,7 +430,7 @@ def predict_path(
                              progress=progress, tile=tile, tile_overlap=tile_overlap)
     files = find_inputs(input)
     predictor = load_predictor(
-        checkpoint, device, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
+        checkpoint, device, precision, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
         multi_channel=multi_channel, batch_size=batch_size, progress=progress, tile=tile, tile_overlap=tile_overlap,
         overlay=overlay,
     )
@@ -443,6 +486,8 @@ def predict_command(
     multi_channel: Annotated[bool, typer.Option(help="One {0,1} channel per class (4D NIfTI, one PNG per class) instead of labels.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the CPU/GPU has it) | fp32 (as the "
+                                           "exported models) | bf16 | fp16.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     tile: Annotated[int | None, typer.Option(help="Side in input pixels of the tiles the model was trained on "
                                              "(prepare's --tile): larger inputs are predicted window by window.")] = None,
@@ -472,6 +517,6 @@ def predict_command(
         raise PredictError("give --input (a file or folder) or --dicomweb URL --study UID")
     else:
         written = predict_path(checkpoint, input, output, axis=axis, multi_channel=multi_channel,
-                               series=series, class_names=names, overlay=overlay, **settings)
+                               series=series, class_names=names, overlay=overlay, precision=precision, **settings)
     typer.echo(f"{len(written)} mask file(s) written to {output}"
                + (f"; overlays in {output / OVERLAY_DIR}" if overlay else ""))

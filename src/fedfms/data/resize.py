@@ -14,6 +14,9 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+#: ``torch.nn.functional.interpolate`` settings of every image resize (prepare, load, predict).
+BILINEAR = {"mode": "bilinear", "align_corners": False, "antialias": True}
+
 
 def resize_image_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
     """(K, H, W) or (B, K, H, W) float -> same with H = W = ``size`` (bilinear, antialiased)."""
@@ -22,7 +25,7 @@ def resize_image_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
     if image.shape[-2:] == (size, size):
         return image
     batched = image if image.ndim == 4 else image[None]
-    out = F.interpolate(batched, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(batched, size=(size, size), **BILINEAR)
     return out if image.ndim == 4 else out[0]
 
 

