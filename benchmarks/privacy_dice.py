@@ -41,7 +41,7 @@ def run_settings(args: argparse.Namespace) -> RunConfig:
     tree = yaml.safe_load(Path(args.config).read_text())
     base = tree.get("base", tree)
     config = RunConfig.model_validate({**base, "name": "privacy-dice", "output_dir": str(args.out)})
-    overrides = {"data.unseen": args.unseen, "federation.rounds": args.rounds,
+    overrides = {"model.mode": args.mode, "data.unseen": args.unseen, "federation.rounds": args.rounds,
                  "train.state_dir": str(Path(args.out) / "site-state")}
     if args.data:
         overrides["data.root"] = str(args.data)
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="the prepared sites (default: the config's data.root)")
     parser.add_argument("--cache", type=Path, help="the sites' embedding cache (default: the config's)")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--mode", default="decoder", help="fine-tuning mode (decoder: FedDecoder on cached embeddings)")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--clip", type=float, default=1.0, help="record level: per-case gradient norm bound")
     parser.add_argument("--client-noise", type=float, default=1.0)
