@@ -27,8 +27,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from flwr.app import Error as FlowerError
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Error as FlowerError
 
 from fedfms.cli import main
 from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig, save_config

@@ -14,8 +14,8 @@ from fedfms.benchmarks.efficiency import efficiency_command
 from fedfms.benchmarks.step import step_command
 from fedfms.data.cli import prepare_app
 from fedfms.errors import FedfmsError
-from fedfms.export import export_command
 from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
+from fedfms.export import export_command
 from fedfms.io import describe
 from fedfms.models.cli import models_command
 from fedfms.predict import predict_command

@@ -50,7 +50,7 @@ from fedfms.data.prepare.intensity import clip_and_scale, image_to_unit
 from fedfms.data.prepare.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_image_file, read_image, split_suffix
 from fedfms.data.prepare.nifti import Channels, slice_channels
 from fedfms.data.validate import Problems, check_finite
-from fedfms.dicom.predict import DicomInputError, is_dicom
+from fedfms.dicom.predict import is_dicom
 from fedfms.errors import FedfmsError
 from fedfms.io import atomic_write
 

@@ -14,7 +14,15 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from dicom_helpers import OBLIQUE, BrightIsForeground, box_mask, box_volume, enhanced_mr, sorted_by_position, write_series
+from dicom_helpers import (
+    OBLIQUE,
+    BrightIsForeground,
+    box_mask,
+    box_volume,
+    enhanced_mr,
+    sorted_by_position,
+    write_series,
+)
 from typer.testing import CliRunner
 
 import fedfms

@@ -9,8 +9,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedfms.config import ModelConfig
-from fedfms.federated import protocol as P
 from fedfms.federated import packing
+from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
 from fedfms.federated.packing import LAYOUT_SUFFIX, PACKED, UnreadableArrays, pack_arrays, unpack_arrays
 from fedfms.federated.wire import from_record, to_record

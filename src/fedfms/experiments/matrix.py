@@ -202,6 +202,7 @@ def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool =
     ``rerun`` (the cell is run again from scratch)."""
     from fedfms.federated.simulation import simulate  # heavy imports: not for the report, which needs local_site
     from fedfms.train.centralized import train_centralized
+    from fedfms.train.sites import ordered_clients
 
     cells = [(label, unseen) for unseen in folds(experiment) for label in fold_rows(experiment, unseen)]
     configs = [cell_config(experiment, label, unseen) for label, unseen in cells]  # all errors before any run

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 
+
 class NodeWithKey(Protocol):
     node_id: int
     client: str

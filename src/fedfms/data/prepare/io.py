@@ -7,7 +7,6 @@ dimensionality) and return ``None``, so that a converter can report every bad fi
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
 import numpy as np
