@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import RdpAccountant
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 from fedfms.config import DataConfig, PrivacyConfig, RunConfig
 from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
-from fedfms.federated.strategy import NodeSubset, make_strategy
+from fedfms.federated.strategy import make_strategy, train_content
 from fedfms.federated.wire import from_record, to_record
 from fedfms.privacy.budget import BudgetError, RunPrivacy
 
@@ -37,8 +37,9 @@ def _round(privacy: RunPrivacy, updates: list[torch.Tensor], round_: int = 1) ->
         {P.NUM_EXAMPLES: 10 * (i + 1), P.UNIFORM_WEIGHT: 1})}) for i, u in enumerate(updates)}
     grid = FakeGrid([1, 2, 3], answers)
     arrays = to_record({"w": torch.zeros(SIZE)})
-    messages = strategy.configure_train(round_, arrays, ConfigRecord({}), NodeSubset(grid, [1, 2, 3]))
-    replies = exchange(grid, messages, timeout=5)
+    content = train_content(strategy, round_, arrays, ConfigRecord({}))  # as the server addresses them
+    replies = exchange(grid, [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2, 3)],
+                       timeout=5)
     aggregated, _ = strategy.aggregate_train(round_, [reply for _, reply in replies])
     return from_record(aggregated)["w"]
 
