@@ -91,3 +91,16 @@ def test_a_root_of_hospitals_gives_one_client_each_and_is_never_merged(shared_da
                                               "--client", "all", *args])
     assert result.exit_code == 1 and "case folders of 2 sources (DU, FG)" in result.output
     assert not (tmp_path / "out" / "all").exists()
+
+
+def test_one_broken_hospital_leaves_no_other_hospital_written(shared_data, tmp_path):
+    copy_patient(shared_data, tmp_path / "lgg" / "DU", "DU", slices=2)
+    broken = copy_patient(shared_data, tmp_path / "lgg" / "FG", "FG", slices=2)
+    lone_mask = next(broken.glob("*_mask.tif"))
+    lone_mask.unlink()  # FG (prepared after DU) has an image without its mask
+    args = [str(tmp_path / "lgg"), str(tmp_path / "out"), "--image-size", "32", "--mask-size", "32", "--no-progress"]
+    result = CliRunner().invoke(prepare_app, ["lgg", *args])
+    assert result.exit_code == 1 and "nothing written" in result.output and "image has no mask" in result.output
+    assert not any((tmp_path / "out").glob("*/manifest.json")), "DU was written though FG failed"
+    lone_mask.with_name(lone_mask.name.replace("_mask", "")).unlink()  # fixed: the same command runs again
+    assert CliRunner().invoke(prepare_app, ["lgg", *args]).exit_code == 0

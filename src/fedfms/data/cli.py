@@ -316,10 +316,11 @@ def lgg_command(
     spec = _new_clients(out, image_size, mask_size, overwrite, progress)
 
     def job():
-        sites = site_folders(src) or [src]
+        sites = {site.name: site for site in site_folders(src) or [src]}
         if client and len(sites) > 1:
             raise ValueError(f"{src}: holds {len(sites)} hospitals; --client names only a single hospital's folder")
-        return [prepare_lgg(site, spec(client or site.name), limit, skip_unpaired) for site in sites]
+        return _all_or_nothing(list(sites), lambda name: prepare_lgg(sites[name], spec(client or name), limit,
+                                                                     skip_unpaired), overwrite)
 
     _run(job)
 
