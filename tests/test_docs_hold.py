@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_deployment_guide_names_the_pinned_flower():
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = re.search(r"flwr\[simulation\]==(\d+\.\d+)", " ".join(pins))[1]
+    pinned = re.search(r"flwr\[[a-z,]+\]==(\d+\.\d+)", " ".join(pins))[1]
     named = set(re.findall(r"Flower (\d+\.\d+)", (ROOT / "docs" / "deployment.md").read_text()))
     assert named == {pinned}
 

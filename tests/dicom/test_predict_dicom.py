@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -26,7 +27,7 @@ from dicom_helpers import (
 from typer.testing import CliRunner
 
 import fedfms
-from fedfms.cli import app
+from fedfms.cli import app, main
 from fedfms.config import ModelConfig
 from fedfms.dicom.predict import choose_series, predict_series
 from fedfms.models import build_model, save_checkpoint
@@ -114,13 +115,25 @@ def test_cli_writes_a_seg_that_references_the_series(checkpoint: Path, tmp_path:
     np.testing.assert_array_equal(read[..., 0] & ~read[..., 1], labels == 1)
 
 
-def test_several_series_and_a_broken_one_are_one_line_errors(checkpoint: Path, tmp_path: Path) -> None:
+def _fedfms(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """The command line as a user runs it (its one-line error handler included): (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["fedfms", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_several_series_and_a_broken_one_are_one_line_errors(checkpoint: Path, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
     a = write_series(tmp_path / "in" / "a", VOLUME)
     b_uid = write_series(tmp_path / "in" / "b", VOLUME, skip=(2,))[0].SeriesInstanceUID
     run = ["predict", "--checkpoint", str(checkpoint), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
-    result = CliRunner().invoke(app, run)
-    assert result.exit_code == 1 and "2 image series" in result.output and "choose one with --series UID" in result.output
-    result = CliRunner().invoke(app, [*run, "--series", a[0].SeriesInstanceUID])
-    assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, [*run, "--series", b_uid])
-    assert result.exit_code == 1 and "slice(s) missing" in result.output and not list((tmp_path / "out").glob(f"{b_uid}*"))
+    code, err = _fedfms(run, capsys, monkeypatch)
+    assert code == 1 and "2 image series" in err and "choose one with --series UID" in err, err
+    code, err = _fedfms([*run, "--series", a[0].SeriesInstanceUID], capsys, monkeypatch)
+    assert code == 0, err
+    code, err = _fedfms([*run, "--series", b_uid], capsys, monkeypatch)
+    assert code == 1 and "slice(s) missing" in err and not list((tmp_path / "out").glob(f"{b_uid}*"))
