@@ -117,7 +117,7 @@ def main() -> None:
     print("\n".join(table))
 
     record = [r for r in rows if r["name"].startswith("record")]
-    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    figure, axis = plt.subplots(figsize=(8.5, 3.6))
     for key, label, marker in (("unseen_dice", f"unseen ({args.unseen})", "o"), ("mean_val_dice", "mean validation", "s")):
         axis.plot([r["epsilon"] for r in record], [100 * r[key] for r in record], marker=marker, label=f"record-level DP, {label}")
         axis.axhline(100 * rows[0][key], linestyle="--", linewidth=1, color=axis.lines[-1].get_color(),
@@ -129,7 +129,7 @@ def main() -> None:
     axis.set_xscale("log")
     axis.set_xlabel("epsilon after the run (delta 1e-5; record level: per case)")
     axis.set_ylabel("Dice %")
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     axis.set_title(f"{config.model.backbone} {config.model.mode}, {args.rounds} rounds, {args.unseen} unseen", fontsize=9)
     figure.tight_layout()
     figure.savefig(args.out / "dice_vs_epsilon.png", dpi=130)
