@@ -4,12 +4,12 @@ at the sites, :mod:`fedfms.federated.client_app`), so the server learns only the
 the sites' updates, never one site's.
 
 What travels: each site sends its *update* (trained minus global tensors), which SecAgg+ clips
-to ``[-secagg_clipping_range, secagg_clipping_range]`` per value, quantises to
-``secagg_quantization_range`` levels, multiplies by its weight (its training samples over the
-round's total, so the masked sum is FedAvg's weighted mean) and masks with pairwise and private
-masks. Four exchanges per round: keys (setup), key shares, masked updates (the training), unmask.
-SecAgg+ tolerates sites that drop after the setup as long as ``secagg_reconstruction_threshold``
-of each site's key shares come back; a round that cannot be unmasked stops the run, ready to resume.
+to ``[-clipping_range, clipping_range]`` per value (``federation.secagg``), quantises to
+``quantization_range`` levels, multiplies by its weight (its training samples over the round's
+total, so the masked sum is FedAvg's weighted mean) and masks with pairwise and private masks.
+Four exchanges per round: keys (setup), key shares, masked updates (the training), unmask.
+SecAgg+ tolerates sites that drop after the setup as long as ``reconstruction_threshold`` of
+each site's key shares come back; a round that cannot be unmasked stops the run, ready to resume.
 
 What it rules out: the server cannot screen individual updates (NaN/Inf, wrong tensors, the
 update-norm screen of ``max_update_ratio``): each site checks its own update before masking it.
@@ -43,7 +43,9 @@ class _RecordingFedAvg(LegacyFedAvg):
     """Flower's (legacy) FedAvg, which the SecAgg+ workflow calls with the unmasked mean; it
     keeps the round's (proxy, FitRes) pairs for their metrics (loss, seconds, epsilon)."""
 
-    results: list = []
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.results: list = []
 
     def aggregate_fit(self, server_round, results, failures):
         self.results = list(results)
