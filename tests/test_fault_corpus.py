@@ -45,7 +45,7 @@ from fedfms.run.log import read_rows
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "data"))
 sys.path.insert(0, str(HERE / "federated"))
-from data_helpers import save_nifti, save_png, volume_pair  # noqa: E402
+from data_helpers import monuseg_root, save_nifti, save_png, volume_pair  # noqa: E402
 from fake_grid import FakeGrid  # noqa: E402
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -325,12 +325,7 @@ def test_prepare_synthetic_with_no_sites_or_samples_is_refused_naming_the_flag(f
 
 def test_monuseg_with_one_bad_organ_writes_nothing_and_the_rerun_works(tmp_path, capsys):
     """It said "nothing written" but had written the good organ, and the re-run then failed."""
-    root = tmp_path / "MoNuSeg"
-    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
-        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
-        nucleus = np.zeros((12, 12), np.uint8)
-        nucleus[3:6, 3:6] = 255
-        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
+    root = monuseg_root(tmp_path / "MoNuSeg")
     bad = root / "liver" / "TCGA-18-5592" / "images" / "TCGA-18-5592.png"
     good = bad.read_bytes()
     bad.write_bytes(b"not a PNG")

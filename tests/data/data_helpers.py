@@ -41,3 +41,14 @@ def volume_pair(root: Path, case: str, depth: int = 6, size: int = 24, labels_va
 
 def out_spec(tmp_path: Path, client: str = "site", image_size: int = 32, mask_size: int = 8, mode: str = "create") -> OutputSpec:
     return OutputSpec(tmp_path / "prepared", client, image_size, mask_size, mode, progress=False)
+
+
+def monuseg_root(root: Path) -> Path:
+    """A MoNuSeg tree as published (``ORGAN/CASE/images/CASE.png``, one mask PNG per nucleus) of
+    two organs with one 12 px case each; returns ``root``."""
+    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
+        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
+        nucleus = np.zeros((12, 12), np.uint8)
+        nucleus[3:6, 3:6] = 255
+        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
+    return root

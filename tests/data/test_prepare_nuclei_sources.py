@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import out_spec, save_png
+from data_helpers import monuseg_root, out_spec
 from PIL import Image
+from typer.testing import CliRunner
 
 from fedfms.data import read_manifest
+from fedfms.data.cli import prepare_app
 from fedfms.data.prepare import prepare_monusac, prepare_monuseg, prepare_pannuke, tissue_types
 from fedfms.data.validate import DataValidationError
 
@@ -95,13 +97,17 @@ def test_monusac_unpaired_and_broken_annotations_are_named(tmp_path):
 
 
 def test_monuseg_root_as_one_client(tmp_path):
-    root = tmp_path / "MoNuSeg"
-    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
-        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
-        nucleus = np.zeros((12, 12), np.uint8)
-        nucleus[3:6, 3:6] = 255
-        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
+    root = monuseg_root(tmp_path / "MoNuSeg")
     report = prepare_monuseg(root, out_spec(tmp_path, "MoNuSeg", 12, 12))
     manifest = read_manifest(tmp_path / "prepared" / "MoNuSeg")
     assert report.samples == 2 and sorted(manifest.case_ids) == ["TCGA-18-5592", "TCGA-A7-A13E"]
     assert {s.source.split("/")[0] for s in manifest.samples} == {"breast", "liver"}
+
+
+def test_client_names_one_organ_only_and_nothing_is_written(tmp_path):
+    root = monuseg_root(tmp_path / "MoNuSeg")
+    result = CliRunner().invoke(prepare_app, ["monuseg", str(root), str(tmp_path / "out"), "--client", "x",
+                                              "--image-size", "12", "--mask-size", "12", "--no-progress"])
+    assert result.exit_code == 1 and "holds 2 organs; --client names only a single organ's folder (or use " \
+        "--one-client)" in result.output
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,17 @@ OBLIQUE = (
 )
 
 
+def tiny_checkpoint(folder: Path, class_names: tuple[str, ...]) -> Path:
+    """A tiny MSA SAM (32 px input, one class per name) saved as a fedfms checkpoint folder."""
+    from fedfms.config import ModelConfig
+    from fedfms.models import build_model, save_checkpoint
+
+    cfg = ModelConfig(backbone="tiny", mode="msa", image_size=32, num_classes=len(class_names))
+    torch.manual_seed(0)
+    save_checkpoint(folder, build_model(cfg), cfg, {"class_names": ",".join(class_names)})
+    return folder
+
+
 def box_volume(depth: int = 6, rows: int = 20, cols: int = 24) -> np.ndarray:
     """``(D, R, C)`` int16: background ramp up to 300 with a bright (1000) box in planes
     1..D-2 and a second one in planes D-3 and D-2 only, so that a reversed order shows."""

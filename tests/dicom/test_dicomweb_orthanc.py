@@ -11,18 +11,23 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
-from dicom_helpers import OBLIQUE, box_mask, box_volume, sorted_by_position, write_seg_label, write_series
+from dicom_helpers import (
+    OBLIQUE,
+    box_mask,
+    box_volume,
+    sorted_by_position,
+    tiny_checkpoint,
+    write_seg_label,
+    write_series,
+)
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from orthanc import DICOMWEB_PLUGIN, ORTHANC, PASSWORD, USER, KillingRelay, Orthanc, start_orthanc
 from typer.testing import CliRunner
 
 from fedfms.cli import app
-from fedfms.config import ModelConfig
 from fedfms.data.manifest import read_manifest
 from fedfms.dicom.web import PacsError
-from fedfms.models import build_model, save_checkpoint
 
 pytestmark = pytest.mark.skipif(
     not (ORTHANC.exists() and DICOMWEB_PLUGIN.exists()),
@@ -40,11 +45,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = ModelConfig(backbone="tiny", mode="msa", image_size=32, num_classes=1)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("run") / "best_model"
-    save_checkpoint(folder, build_model(cfg), cfg, {"class_names": "prostate"})
-    return folder
+    return tiny_checkpoint(tmp_path_factory.mktemp("run") / "best_model", ("prostate",))
 
 
 @pytest.fixture

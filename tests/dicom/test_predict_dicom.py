@@ -22,15 +22,14 @@ from dicom_helpers import (
     box_volume,
     enhanced_mr,
     sorted_by_position,
+    tiny_checkpoint,
     write_series,
 )
 from typer.testing import CliRunner
 
 import fedfms
 from fedfms.cli import app, main
-from fedfms.config import ModelConfig
 from fedfms.dicom.predict import choose_series, predict_series
-from fedfms.models import build_model, save_checkpoint
 from fedfms.predict import Predictor
 
 VOLUME = box_volume(depth=7, rows=32, cols=36)
@@ -40,11 +39,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 2-class MSA SAM (32 px input) saved as a fedfms checkpoint folder."""
-    cfg = ModelConfig(backbone="tiny", mode="msa", image_size=32, num_classes=2)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("run") / "best_model"
-    save_checkpoint(folder, build_model(cfg), cfg, {"class_names": "prostate,lesion"})
-    return folder
+    return tiny_checkpoint(tmp_path_factory.mktemp("run") / "best_model", ("prostate", "lesion"))
 
 
 def _source(kind: str, folder: Path) -> list[pydicom.Dataset]:

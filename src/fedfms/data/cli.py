@@ -99,6 +99,19 @@ def _all_or_nothing(names: list[str], prepare: Callable[[str], PrepareReport], o
     return done
 
 
+def _one_client_per_folder(src: Path, folders: list[Path], unit: str, client: str | None,
+                           prepare: Callable[[Path, str], PrepareReport], overwrite: bool,
+                           alternative: str = "") -> list[PrepareReport]:
+    """``prepare(folder, client name)`` for each of ``folders`` (organs, hospitals found under
+    ``src``; none found: ``src`` itself), all or nothing (:func:`_all_or_nothing`). ``--client``
+    names a single folder's client only (the refusal adds ``alternative``, another way out)."""
+    by_name = {folder.name: folder for folder in folders or [src]}
+    if client and len(by_name) > 1:
+        raise ValueError(f"{src}: holds {len(by_name)} {unit}s; --client names only a single {unit}'s folder"
+                         + alternative)
+    return _all_or_nothing(list(by_name), lambda name: prepare(by_name[name], client or name), overwrite)
+
+
 def _classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
@@ -287,12 +300,9 @@ def monuseg_command(
     def job():
         if one_client:
             return [prepare_monuseg(src, spec(client or "MoNuSeg"), tile, limit)]
-        organs = {organ.name: organ for organ in organ_folders(src) or [src]}
-        if client and len(organs) > 1:
-            raise ValueError(f"{src}: holds {len(organs)} organs; --client names only a single organ folder "
-                             "(or use --one-client)")
-        return _all_or_nothing(list(organs), lambda name: prepare_monuseg(organs[name], spec(client or name), tile,
-                                                                           limit), overwrite)
+        return _one_client_per_folder(src, organ_folders(src), "organ", client,
+                                      lambda folder, name: prepare_monuseg(folder, spec(name), tile, limit), overwrite,
+                                      " (or use --one-client)")
 
     _run(job)
 
@@ -316,11 +326,9 @@ def lgg_command(
     spec = _new_clients(out, image_size, mask_size, overwrite, progress)
 
     def job():
-        sites = {site.name: site for site in site_folders(src) or [src]}
-        if client and len(sites) > 1:
-            raise ValueError(f"{src}: holds {len(sites)} hospitals; --client names only a single hospital's folder")
-        return _all_or_nothing(list(sites), lambda name: prepare_lgg(sites[name], spec(client or name), limit,
-                                                                     skip_unpaired), overwrite)
+        return _one_client_per_folder(src, site_folders(src), "hospital", client,
+                                      lambda folder, name: prepare_lgg(folder, spec(name), limit, skip_unpaired),
+                                      overwrite)
 
     _run(job)
 
