@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from data_helpers import save_png
+from data_helpers import monuseg_root, save_png
 from typer.testing import CliRunner
 
 from fedfms.data import read_manifest
@@ -21,15 +21,6 @@ class Terminal(io.StringIO):
         return True
 
 
-def _monuseg(root):
-    for organ, case in (("breast", "TCGA-A7-A13E"), ("liver", "TCGA-18-5592")):
-        save_png(root / organ / case / "images" / f"{case}.png", np.full((12, 12, 3), 120, np.uint8))
-        nucleus = np.zeros((12, 12), np.uint8)
-        nucleus[3:6, 3:6] = 255
-        save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
-    return root
-
-
 def _jpeg_pairs(src, count):
     mask = np.zeros((16, 16), np.uint8)
     mask[4:12, 4:12] = 255
@@ -40,7 +31,7 @@ def _jpeg_pairs(src, count):
 
 
 def test_the_progress_bar_counts_cases_on_a_terminal_and_stays_out_of_logs(tmp_path, monkeypatch):
-    root = _monuseg(tmp_path / "MoNuSeg")
+    root = monuseg_root(tmp_path / "MoNuSeg")
     terminal = Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
     prepare_monuseg(root, OutputSpec(tmp_path / "on_terminal", "MoNuSeg", 12, 12))
