@@ -45,7 +45,14 @@ from fedfms.run.log import read_rows
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "data"))
 sys.path.insert(0, str(HERE / "federated"))
-from data_helpers import monuseg_root, save_nifti, save_png, volume_pair  # noqa: E402
+from data_helpers import (  # noqa: E402
+    monuseg_root,
+    save_nifti,
+    save_png,
+    volume_pair,
+    write_monusac_image,
+    write_pannuke_fold,
+)
 from fake_grid import FakeGrid  # noqa: E402
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -434,6 +441,25 @@ def test_silent_acceptances_of_prepare_are_now_said(tmp_path, capsys):
     assert "c1.png: blank image (one value everywhere) with a labelled mask" in printed, printed
     assert f"{src / 'images' / 'c9.png'}: broken symbolic link" in printed, printed
     print("CORPUS | silent | +-3e38 volume, blank image, broken link, --channels rgb | said | 0, 1")
+
+
+def test_nuclei_labels_that_cannot_be_right_are_refused_naming_the_file(tmp_path, capsys):
+    """A PanNuke instance id of -3 was read as background; MoNuSAC vertices at -50, 1e300 or
+    ``nan`` were drawn clipped to the image."""
+    write_pannuke_fold(tmp_path / "pannuke", 1, ["Colon"])
+    masks_file = tmp_path / "pannuke" / "Fold 1" / "masks" / "fold1" / "masks.npy"
+    masks = np.load(masks_file)
+    masks[0, 5, 5, 1] = -3
+    np.save(masks_file, masks)
+    write_monusac_image(tmp_path / "monusac" / "P1", "P1_1", [[(-50, 2), (6, 2), (6, 6)]])
+    said = []
+    for kind, named in (("pannuke", "Fold 1/masks/fold1/masks.npy: image 0"), ("monusac", "P1/P1_1.xml: polygon 1")):
+        code, err = fedfms(capsys, "prepare", kind, tmp_path / kind, tmp_path / "out", "--image-size", "16",
+                           "--mask-size", "16", "--no-progress")
+        assert code == 1 and f"{named}: " in err and len(err.strip().splitlines()) <= 3, err
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        said.append(f"CORPUS | silent | {kind} label out of range | {err.strip().splitlines()[-1].strip()} | {code}")
+    print("\n".join(said))
 
 
 # --- write failures ----------------------------------------------------------------------------

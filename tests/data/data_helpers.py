@@ -52,3 +52,29 @@ def monuseg_root(root: Path) -> Path:
         nucleus[3:6, 3:6] = 255
         save_png(root / organ / case / "masks" / "mask_0001.png", nucleus)
     return root
+
+
+def write_pannuke_fold(root: Path, fold: int, types: list[str], size: int = 16) -> None:
+    """``Fold N/images/foldN/{images,types}.npy`` and ``Fold N/masks/foldN/masks.npy``."""
+    n = len(types)
+    images = np.random.default_rng(fold).uniform(0, 255, (n, size, size, 3))  # float64, as published
+    masks = np.zeros((n, size, size, 6))
+    masks[:, 2:5, 2:5, 0] = 7  # a neoplastic nucleus (instance id 7)
+    masks[:, 10:12, 10:14, 4] = 3  # an epithelial one
+    masks[..., 5] = 1  # the background channel: not a nucleus
+    base = root / f"Fold {fold}"
+    (base / "images" / f"fold{fold}").mkdir(parents=True)
+    (base / "masks" / f"fold{fold}").mkdir(parents=True)
+    np.save(base / "images" / f"fold{fold}" / "images.npy", images)
+    np.save(base / "images" / f"fold{fold}" / "types.npy", np.array(types))
+    np.save(base / "masks" / f"fold{fold}" / "masks.npy", masks)
+
+
+def write_monusac_image(folder: Path, name: str, regions: list[list[tuple[int, int]]], size: int = 20) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), 180, np.uint8)).save(folder / f"{name}.tif")
+    annotations = "".join(
+        f'<Annotation Id="{i}"><Attributes><Attribute Name="Lymphocyte"/></Attributes><Regions>'
+        f'<Region Id="{i}"><Vertices>' + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in region)
+        + "</Vertices></Region></Regions></Annotation>" for i, region in enumerate(regions, start=1))
+    (folder / f"{name}.xml").write_text(f"<Annotations>{annotations}</Annotations>")

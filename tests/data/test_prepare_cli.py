@@ -54,7 +54,7 @@ def test_cli_module_does_not_import_torch():
 
 
 def test_pannuke_command_names_clients_by_tissue(tmp_path):
-    from test_prepare_nuclei_sources import write_pannuke_fold
+    from data_helpers import write_pannuke_fold
 
     write_pannuke_fold(tmp_path / "pannuke", 1, ["Adrenal_gland", "Uterus", "Colon"])
     args = ["pannuke", str(tmp_path / "pannuke"), str(tmp_path / "out"), "--tissue", "Adrenal_gland=Adrenal",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import monuseg_root, out_spec
+from data_helpers import monuseg_root, out_spec, write_monusac_image, write_pannuke_fold
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,22 +20,6 @@ from fedfms.data.validate import DataValidationError
 
 def _load_masks(client: Path) -> np.ndarray:
     return np.stack([np.load(p) for p in sorted((client / "masks").glob("*.npy"))])
-
-
-def write_pannuke_fold(root: Path, fold: int, types: list[str], size: int = 16) -> None:
-    """``Fold N/images/foldN/{images,types}.npy`` and ``Fold N/masks/foldN/masks.npy``."""
-    n = len(types)
-    images = np.random.default_rng(fold).uniform(0, 255, (n, size, size, 3))  # float64, as published
-    masks = np.zeros((n, size, size, 6))
-    masks[:, 2:5, 2:5, 0] = 7  # a neoplastic nucleus (instance id 7)
-    masks[:, 10:12, 10:14, 4] = 3  # an epithelial one
-    masks[..., 5] = 1  # the background channel: not a nucleus
-    base = root / f"Fold {fold}"
-    (base / "images" / f"fold{fold}").mkdir(parents=True)
-    (base / "masks" / f"fold{fold}").mkdir(parents=True)
-    np.save(base / "images" / f"fold{fold}" / "images.npy", images)
-    np.save(base / "images" / f"fold{fold}" / "types.npy", np.array(types))
-    np.save(base / "masks" / f"fold{fold}" / "masks.npy", masks)
 
 
 def test_pannuke_one_client_per_tissue_with_the_union_of_nucleus_channels(tmp_path):
@@ -62,16 +46,6 @@ def test_pannuke_unknown_tissue_and_mismatched_arrays_are_named(tmp_path):
     assert not (tmp_path / "prepared" / "Uterus").exists()
 
 
-def write_monusac_image(folder: Path, name: str, regions: list[list[tuple[int, int]]], size: int = 20) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size, size, 3), 180, np.uint8)).save(folder / f"{name}.tif")
-    annotations = "".join(
-        f'<Annotation Id="{i}"><Attributes><Attribute Name="Lymphocyte"/></Attributes><Regions>'
-        f'<Region Id="{i}"><Vertices>' + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in region)
-        + "</Vertices></Region></Regions></Annotation>" for i, region in enumerate(regions, start=1))
-    (folder / f"{name}.xml").write_text(f"<Annotations>{annotations}</Annotations>")
-
-
 def test_monusac_polygons_filled_and_patients_as_cases(tmp_path):
     src = tmp_path / "MoNuSAC"
     square = [(2, 2), (6, 2), (6, 6), (2, 6)]  # a 5x5 filled square, edges included
@@ -94,6 +68,35 @@ def test_monusac_unpaired_and_broken_annotations_are_named(tmp_path):
     (src / "P1" / "P1_2.xml").write_text("<Annotations><Region><Vertex X='a' Y='1'/>")
     with pytest.raises(DataValidationError, match="P1_2.xml: cannot read the XML"):
         prepare_monusac(src, out_spec(tmp_path, "b", 20, 20))
+
+
+def test_pannuke_negative_or_nan_instance_ids_are_refused_not_read_as_background(tmp_path):
+    src = tmp_path / "pannuke"
+    write_pannuke_fold(src, 1, ["Uterus", "Uterus"])
+    masks_file = src / "Fold 1" / "masks" / "fold1" / "masks.npy"
+    for bad in (-3.0, np.nan):
+        masks = np.load(masks_file)
+        masks[1, 0, 0, 2] = bad
+        np.save(masks_file, masks)
+        with pytest.raises(DataValidationError, match=r"masks.npy: image 1: nucleus instance ids must be finite and >= 0"):
+            prepare_pannuke(src, out_spec(tmp_path, "Uterus", 16, 16), "Uterus")
+        assert not (tmp_path / "prepared" / "Uterus").exists()
+
+
+@pytest.mark.parametrize("vertex", [(-50, 3), (1e300, 4), ("nan", 5), (4, "inf")])
+def test_monusac_vertices_far_outside_the_image_or_not_numbers_are_refused(vertex, tmp_path):
+    src = tmp_path / "MoNuSAC"
+    write_monusac_image(src / "P1", "P1_1", [[(2, 2), (6, 2), (6, 6)], [(3, 3), vertex, (8, 8)]])
+    with pytest.raises(DataValidationError, match=r"P1_1.xml: polygon 2: vertex \(.*\) is not a point of the 20 x 20 image"):
+        prepare_monusac(src, out_spec(tmp_path, "MoNuSAC", 20, 20))
+    assert not (tmp_path / "prepared" / "MoNuSAC").exists()
+
+
+def test_monusac_vertices_on_the_border_are_kept(tmp_path):
+    src = tmp_path / "MoNuSAC"
+    write_monusac_image(src / "P1", "P1_1", [[(-1, -1), (20, -1), (21, 21), (0, 20)]])  # the whole tile
+    prepare_monusac(src, out_spec(tmp_path, "MoNuSAC", 20, 20))
+    assert _load_masks(tmp_path / "prepared" / "MoNuSAC").all()
 
 
 def test_monuseg_root_as_one_client(tmp_path):

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -198,7 +199,8 @@ def paper_table1() -> dict[str, Any]:
 def find_cells(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Every finished leave-one-client-out run (folder with results.json that names an unseen
     client) at or below ``paths``; runs without an unseen client are skipped with a warning."""
-    found = [load_results(f.parent) for path in paths for f in sorted(Path(path).rglob(RESULTS))]
+    files = dict.fromkeys(f for path in paths for f in sorted(Path(path).rglob(RESULTS)))  # a folder given twice: once
+    found = [load_results(f.parent) for f in files]
     cells = [c for c in found if c.get("unseen") in c["clients"]]
     for skipped in (c for c in found if c.get("unseen") not in c["clients"]):
         warnings.warn(f"{skipped['run_dir']}: no unseen client, not a leave-one-client-out cell; left out of the report",
@@ -206,7 +208,34 @@ def find_cells(paths: Sequence[Path]) -> list[dict[str, Any]]:
     if not cells:
         raise ReportError(f"no finished leave-one-client-out run ({RESULTS} with an unseen client) "
                           f"under {', '.join(map(str, paths))}")
+    return distinct_names(cells)
+
+
+def distinct_names(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: where several runs share a ``name`` on one unseen client (the federated
+    and the centralized run of one YAML), that name's runs get their kind, then the shortest
+    tail of their folder that tells them apart, added to it; other names stay as they are."""
+    for labels in (_kinds, _folder_tails):
+        counts = Counter((c["name"], c["unseen"]) for c in cells)
+        shared = {name for (name, _), count in counts.items() if count > 1}
+        clashing = [c for c in cells if c["name"] in shared]
+        added = dict(zip(map(id, clashing), labels(clashing), strict=True))
+        cells = [{**c, "name": f"{c['name']} ({added[id(c)]})"} if id(c) in added else c for c in cells]
     return cells
+
+
+def _kinds(cells: list[dict[str, Any]]) -> list[str]:
+    return [c.get("kind", "run") for c in cells]
+
+
+def _folder_tails(cells: list[dict[str, Any]]) -> list[str]:
+    """The fewest trailing parts of the cells' run folders that differ between all of them."""
+    parts = [Path(c["run_dir"]).parts for c in cells]
+    for n in range(1, max(map(len, parts), default=0) + 1):
+        tails = ["/".join(p[-n:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [c["run_dir"] for c in cells]
 
 
 class ReportError(FedfmsError, FileNotFoundError):

@@ -27,6 +27,8 @@ from fedfms.data.prepare.io import read_image
 from fedfms.data.validate import Problems, check_not_empty, check_unpaired
 
 CLASS_NAMES = ["nuclei"]
+#: How far past the image border (pixels) a polygon vertex may lie.
+VERTEX_MARGIN = 2.0
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
 
@@ -60,6 +62,20 @@ def read_polygons(path: Path, problems: Problems) -> list[list[tuple[float, floa
     return polygons
 
 
+def check_vertices(polygons: list[list[tuple[float, float]]], height: int, width: int, path: Path,
+                   problems: Problems) -> bool:
+    """Every vertex finite and inside the ``height`` x ``width`` image, give or take
+    ``VERTEX_MARGIN`` pixels (annotation tools place edge vertices on or just past the border);
+    a vertex far outside or not a number names the annotation file and is an error, never clipped."""
+    for number, polygon in enumerate(polygons, start=1):
+        for x, y in polygon:
+            inside = -VERTEX_MARGIN <= x <= width + VERTEX_MARGIN and -VERTEX_MARGIN <= y <= height + VERTEX_MARGIN
+            if not (np.isfinite(x) and np.isfinite(y) and inside):
+                problems.add(path, f"polygon {number}: vertex ({x:g}, {y:g}) is not a point of the {width} x {height} image")
+                return False
+    return True
+
+
 def rasterise(polygons: list[list[tuple[float, float]]], height: int, width: int) -> np.ndarray:
     """``(height, width)`` bool: the union of the filled polygons."""
     canvas = Image.new("1", (width, height), 0)
@@ -82,7 +98,7 @@ def prepare_monusac(src: Path, out: OutputSpec, tile: int | None = None, limit: 
         image_path, annotation = pair
         image = read_image(image_path, problems)
         polygons = read_polygons(annotation, problems)
-        if image is None or polygons is None:
+        if image is None or polygons is None or not check_vertices(polygons, *image.shape[:2], annotation, problems):
             return
         nuclei = rasterise(polygons, *image.shape[:2])
         if not nuclei.any():

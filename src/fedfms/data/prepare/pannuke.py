@@ -98,7 +98,12 @@ def prepare_pannuke(src: Path, out: OutputSpec, tissue: str, limit: int | None =
         if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
             problems.add(fold.images_file, f"image {index}: values outside 0-255 or not finite")
             return
-        nuclei = np.asarray(fold.masks[index, :, :, :NUCLEUS_CHANNELS]).max(axis=-1) > 0
+        channels = np.asarray(fold.masks[index, :, :, :NUCLEUS_CHANNELS])
+        if not np.isfinite(channels).all() or channels.min() < 0:
+            problems.add(fold.masks_file, f"image {index}: nucleus instance ids must be finite and >= 0 "
+                                          f"(found {np.nanmin(channels):g}); 0 is background")
+            return
+        nuclei = channels.max(axis=-1) > 0
         case = f"{safe_id(fold.name)}_{index:05d}"
         record = SampleRecord(id=case, case_id=case, source=f"{fold.images_file.relative_to(src).as_posix()}[{index}]",
                               mask_source=f"{fold.masks_file.relative_to(src).as_posix()}[{index}]")
