@@ -6,12 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import psutil
 import pytest
 import torch
 import yaml
+from opacus.accountants import RDPAccountant
 
 from fedfms.config import ModelConfig, save_config
 from fedfms.data import load_split
@@ -19,9 +21,11 @@ from fedfms.federated.server import FederationError
 from fedfms.federated.simulation import simulate
 from fedfms.federated.wire import to_record
 from fedfms.models import build_model, load_checkpoint, trainable_state
+from fedfms.privacy.accountant import site_accountant
+from fedfms.privacy.dpsgd import case_groups, round_cost
 from fedfms.run.log import read_rows
 from fedfms.run.state import load_latest
-from fedfms.train.sites import SiteError
+from fedfms.train.sites import SiteError, load_site
 
 pytestmark = pytest.mark.slow
 
@@ -105,9 +109,32 @@ def _after_round_1(config, tmp_path, stderr=subprocess.PIPE) -> tuple[list[str],
     return command, run, psutil.Process(run.pid).children(recursive=True)
 
 
+def _site_epsilon_after_a_resume(config, site: str, killed_at: int) -> float:
+    """The site's own accountant after the interrupted and the resumed run: every round of the
+    run spent, the round in flight when the run was killed possibly twice (its update was
+    released, then trained again from the checkpoint), each entry at the site's round cost; a
+    site that spent no round twice has the epsilon of an uninterrupted run."""
+    accountant = site_accountant(config, site)
+    spent = Counter(accountant.rounds)
+    assert set(spent) == set(range(1, config.federation.rounds + 1)), accountant.rounds
+    assert {r for r, times in spent.items() if times > 1} <= {killed_at + 1}, accountant.rounds
+    cost = round_cost(config, len(case_groups([load_site(config.data.root / site, config)])))
+    assert accountant.history == [(cost.noise_multiplier, cost.sample_rate, cost.steps)] * len(accountant.rounds)
+    uninterrupted = RDPAccountant()
+    uninterrupted.history = [(cost.noise_multiplier, cost.sample_rate, cost.steps)] * config.federation.rounds
+    if len(accountant.rounds) == config.federation.rounds:
+        assert accountant.epsilon() == pytest.approx(uninterrupted.get_epsilon(config.privacy.delta), rel=1e-9)
+    else:
+        assert accountant.epsilon() > uninterrupted.get_epsilon(config.privacy.delta)
+    return accountant.epsilon()
+
+
 @pytest.mark.timeout(600)
 def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
-    config = run_config(federation, tmp_path / "run", rounds=8)
+    """With record-level DP on: the sites' epsilon after the kill and the resume is that of an
+    uninterrupted run, plus only the round whose update was released before the kill."""
+    config = run_config(federation, tmp_path / "run", rounds=8).with_overrides({
+        "privacy.level": "record", "privacy.noise_multiplier": 1.0, "train.state_dir": str(tmp_path / "site-state")})
     command, first, helpers = _after_round_1(config, tmp_path)
     first.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, stderr = first.communicate(timeout=30)
@@ -122,8 +149,12 @@ def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(f
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = [r["round"] for r in read_rows(config.output_dir) if r["kind"] == "round"]
     assert rounds == list(range(1, 9)), f"killed after round {killed_at}, log has rounds {rounds}"
-    assert json.loads((config.output_dir / "results.json").read_text())["rounds"] == 8
+    results = json.loads((config.output_dir / "results.json").read_text())
+    assert results["rounds"] == 8
     assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
+    epsilons = [_site_epsilon_after_a_resume(config, site, killed_at) for site in ("site-A", "site-B")]
+    assert results["privacy"]["epsilon"] == pytest.approx(max(epsilons), rel=1e-9)
+    assert [r["epsilon"] for r in read_rows(config.output_dir) if r["kind"] == "round"][-1] == pytest.approx(max(epsilons))
 
 
 @pytest.mark.timeout(300)
