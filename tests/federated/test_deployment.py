@@ -38,14 +38,15 @@ ROUNDS = 4
 ROUND_TIMEOUT_S = 90
 
 
-def _deployment_config(run_dir: Path) -> RunConfig:
+def _deployment_config(run_dir: Path, rounds: int = ROUNDS, secure_aggregation: bool = False) -> RunConfig:
     """The server's run: no data root (the server holds no data), the site names it waits for."""
     return RunConfig(
         name="deployment-test", output_dir=run_dir,
         model=ModelConfig(backbone="tiny", mode="msa", num_classes=1, image_size=64),
         data=DataConfig(clients=list(SITES), unseen=UNSEEN),
         train=TrainConfig(batch_size=4, lr=1e-3),
-        federation=FederationConfig(rounds=ROUNDS, connect_timeout_s=120, round_timeout_s=ROUND_TIMEOUT_S),
+        federation=FederationConfig(rounds=rounds, connect_timeout_s=120, round_timeout_s=ROUND_TIMEOUT_S,
+                                    secure_aggregation=secure_aggregation),
     )
 
 
@@ -201,3 +202,70 @@ def test_authenticated_supernodes_over_tls_survive_a_site_that_dies_and_comes_ba
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).wait(timeout=30)
     print(f"deployment test: {time.monotonic() - started:.0f} s")
+
+
+def _submit(deployment: Deployment, folder: Path, **settings) -> tuple[int, Path, set]:
+    """``flwr run`` of the test's run with ``settings``: the run id, its folder, and the ServerApp
+    processes seen before it (see :func:`_finished`)."""
+    folder.mkdir(parents=True)
+    save_config(_deployment_config(folder / "run", **settings), folder / "run.yaml")
+    earlier = set(deployment.seen("flwr-serverapp"))
+    run_id = deployment.flwr_run(REPO, CONNECTION, f"config='{folder / 'run.yaml'}' run-dir='{folder / 'run'}'")
+    return run_id, folder / "run", earlier
+
+
+def _finished(deployment: Deployment, run_id: int, earlier: set) -> str:
+    """Wait until the run's ServerApp (one not among ``earlier``) has come and gone, then until
+    the SuperLink reports the run finished; its status."""
+    def ended() -> bool:
+        new = [identity for identity in deployment.seen("flwr-serverapp") if identity not in earlier]
+        return bool(new) and not any(deployment.is_alive(identity) for identity in new)
+
+    deployment.wait_until(ended, RUN_TIMEOUT_S, f"the ServerApp of run {run_id}", alive=("superlink", *SITES))
+    status: list[str] = []
+    deployment.wait_until(lambda: status.append(deployment.run_status(CONNECTION, run_id)) or
+                          status[-1].startswith("finished"), 30, f"run {run_id} reported finished", interval=1.0)
+    return status[-1]
+
+
+def test_secure_aggregation_between_authenticated_supernodes_whose_sites_require_it(federation, tmp_path):
+    """SecAgg+ in the real deployment: TLS, every SuperNode authenticated by its registered key
+    and requiring secure aggregation in its own node config. The SecAgg+ run is trained by both
+    training sites, each update arriving masked; the same run without secure aggregation is
+    refused by each site naming the rule (the coordinator cannot switch it off) and stops as a
+    run without enough sites does, nothing trained."""
+    started = time.monotonic()
+    certs = make_certificates(tmp_path / "tls")
+    keys = {name: make_node_key(tmp_path / "keys", name) for name in SITES}
+    with Deployment(tmp_path) as deployment:
+        try:
+            port = _start_superlink(deployment, certs)
+            deployment.write_cli_config(CONNECTION, port, certs.ca)
+            for site in SITES:
+                deployment.register_node(CONNECTION, keys[site][1], site)
+                deployment.supernode(site, port, free_port(), f"data-dir='{federation / site}' "
+                                     "require-secure-aggregation=true", ca=certs.ca, key=keys[site][0])
+
+            secure_id, secure_dir, earlier = _submit(deployment, tmp_path / "secure", rounds=1, secure_aggregation=True)
+            assert _finished(deployment, secure_id, earlier) == "finished:completed", deployment.run_log(CONNECTION, secure_id)
+            train = [r for r in read_rows(secure_dir) if r["kind"] == "train"]
+            assert {r["client"] for r in train} == {"site-A", "site-B"}
+            assert all(r["secure_aggregation"] for r in train)
+            # each site's reply is its masked, quantised update (integers modulo 2^32 as 64-bit
+            # values), not the float32 model that was sent
+            assert all(r["bytes_received"] > 1.5 * r["bytes_sent"] for r in train), train
+            assert json.loads((secure_dir / "results.json").read_text())["clients"][UNSEEN]["role"] == "unseen"
+            assert "refused" not in deployment.run_log(CONNECTION, secure_id)
+
+            plain_id, plain_dir, earlier = _submit(deployment, tmp_path / "plain", rounds=1)
+            assert _finished(deployment, plain_id, earlier) == "finished:failed"
+            server_log = deployment.run_log(CONNECTION, plain_id)
+            for site in ("site-A", "site-B"):
+                assert f"{site}: refused by the site's rule require-secure-aggregation" in server_log, server_log[-3000:]
+            assert not [r for r in read_rows(plain_dir) if r["kind"] == "train"]
+            assert not (plain_dir / "results.json").exists()
+        except BaseException:
+            print(f"deployment failed after {time.monotonic() - started:.0f} s; logs in {tmp_path / 'logs'}")
+            print(deployment.logs(lines=60))
+            raise
+    print(f"secure aggregation deployment test: {time.monotonic() - started:.0f} s")
