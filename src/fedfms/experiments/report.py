@@ -199,7 +199,7 @@ def paper_table1() -> dict[str, Any]:
 def find_cells(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Every finished leave-one-client-out run (folder with results.json that names an unseen
     client) at or below ``paths``; runs without an unseen client are skipped with a warning."""
-    files = dict.fromkeys(f for path in paths for f in sorted(Path(path).rglob(RESULTS)))  # a folder given twice: once
+    files = dict.fromkeys(f for path in paths for f in sorted(Path(path).rglob(RESULTS)))  # a run given twice counts once
     found = [load_results(f.parent) for f in files]
     cells = [c for c in found if c.get("unseen") in c["clients"]]
     for skipped in (c for c in found if c.get("unseen") not in c["clients"]):
