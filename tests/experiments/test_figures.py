@@ -2,15 +2,20 @@
 one row order everywhere, integer round ticks, legends beside the curves, the best round
 marked, every bar labelled, and masks outlined in contrasting colours."""
 
+from pathlib import Path
+
 import numpy as np
 from matplotlib.colors import to_hex
+from PIL import Image
 
 from fedfms.experiments.report import (
     PREDICTION_COLOUR,
     TRUTH_COLOUR,
+    cost_table,
     loco_table,
     paper_table1,
     plot_client_bars,
+    plot_dice_against_traffic,
     plot_overlays,
     plot_unseen_dice,
     row_order,
@@ -82,3 +87,23 @@ def test_overlays_outline_truth_and_prediction_in_contrasting_colours_with_a_leg
     assert outline_colours(axes[1, 1]) == sorted([TRUTH_COLOUR, PREDICTION_COLOUR])
     assert outline_colours(axes[1, 2]) == [TRUTH_COLOUR]  # an empty prediction draws no outline
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ground truth", "prediction"]
+
+
+def test_cost_table_gives_traffic_per_site_and_round_and_seconds_to_95_percent(tmp_path):
+    federated = _cell(tmp_path, "FedDecoder", "site-C", [0.2, 0.5, 0.6], 3)
+    RunLog(Path(federated["run_dir"])).append(
+        [{"kind": "train", "round": r, "client": c, "bytes_received": 2 * 2**20 if c == "site-A" else 4 * 2**20}
+         for r in (1, 2, 3) for c in ("site-A", "site-B")]
+        + [{"kind": "round", "round": r, "seconds": s, "unseen_dice": d} for r, s, d in ((1, 10.0, 0.2), (2, 20.0, 0.58),
+                                                                                         (3, 30.0, 0.6))])
+    central = _cell(tmp_path, "Decoder", "site-C", [0.7], 1)
+    RunLog(Path(central["run_dir"])).append([{"kind": "round", "round": 1, "seconds": 5.0, "unseen_dice": 0.7}])
+    never = _cell(tmp_path, "FedDecoder-PT", "site-C", [0.0], 1)
+    header, rows = cost_table([federated, central, never])
+    assert header[2] == "MiB per site and round"
+    # 0.58 >= 0.95 x 0.6 after round 2: 10 + 20 s; a site sends 3 MiB per round on average
+    assert rows == [["FedDecoder", "60.00", "3.00", "30"], ["Decoder", "70.00", "0.00", "5"],
+                    ["FedDecoder-PT", "0.00", "0.00", "–"]]
+    plot_dice_against_traffic([federated, central, never], tmp_path / "traffic.png")
+    with Image.open(tmp_path / "traffic.png") as png:
+        assert png.size[0] > 300 and png.size[1] > 200

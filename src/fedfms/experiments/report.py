@@ -332,6 +332,60 @@ def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     return _save_round_panels(fig, axes, path)
 
 
+#: The share of a row's reported unseen Dice whose first reaching is timed.
+REACHED = 0.95
+
+
+def _mib_per_client_round(run_dir: Path) -> float:
+    """MiB one training site sends per round (its update as the server received it); 0 where
+    nothing travels (centralized and Local rows)."""
+    sent = [r.get("bytes_received", 0) for r in read_rows(run_dir) if r["kind"] == "train"]
+    return sum(sent) / len(sent) / 2**20 if sent else 0.0
+
+
+def _seconds_to_reach(run_dir: Path, final: float) -> float:
+    """Wall seconds from the run's start to the end of the first round whose unseen Dice reached
+    ``REACHED`` of ``final``; NaN when ``final`` is 0 (nothing to reach) or it never did."""
+    elapsed = 0.0
+    for row in (r for r in read_rows(run_dir) if r["kind"] == "round"):
+        elapsed += row.get("seconds", 0.0)
+        if final > 0 and row.get("unseen_dice", -1.0) >= REACHED * final:
+            return elapsed
+    return math.nan
+
+
+def cost_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Per row, mean over its folds: unseen Dice in %, MiB a site sends per round, and wall
+    seconds to reach ``REACHED`` of the row's own unseen Dice (the accuracy-for-traffic and
+    accuracy-for-time trade-offs)."""
+    rows = []
+    for label in row_order([c["name"] for c in cells]):
+        mine = [c for c in cells if c["name"] == label]
+        dice = _nanmean([c["clients"][c["unseen"]]["dice"] for c in mine])
+        mib = _nanmean([_mib_per_client_round(Path(c["run_dir"])) for c in mine])
+        seconds = _nanmean([_seconds_to_reach(Path(c["run_dir"]), c["clients"][c["unseen"]]["dice"]) for c in mine])
+        rows.append([label, _fmt(dice), f"{mib:.2f}", "–" if math.isnan(seconds) else f"{seconds:.0f}"])
+    header = ["Model", "unseen Dice %", "MiB per site and round", f"s to {100 * REACHED:.0f} % of its unseen Dice"]
+    return header, rows
+
+
+def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
+    """One point per row: its unseen Dice (mean over folds) against the MiB a site sends per round."""
+    _, rows = cost_table(cells)
+    fig = Figure(figsize=(7.5, 4))
+    ax = fig.subplots()
+    for label, dice, mib, _ in rows:
+        if dice != "–":
+            ax.scatter(float(mib), float(dice), s=25)
+            ax.annotate(label, (float(mib), float(dice)), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xlabel("MiB a site sends per round (0: nothing travels)")
+    ax.set_ylabel("unseen Dice % (mean over folds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    return fig
+
+
 def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     """Grouped bars: test Dice (mean over classes) of each unseen client under each model, each
     bar labelled with its value (so a Dice of 0 shows too)."""
@@ -365,6 +419,7 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
     markdown = _write_table_files(header, rows, out)
     plot_unseen_dice(cells, out / "unseen_dice_per_round.png")
     plot_client_bars(cells, out / "client_bars.png")
+    plot_dice_against_traffic(cells, out / "dice_against_traffic.png")
     protocols = sorted({c["evaluation"]["protocol"] for c in cells})
     note = (f"Dice and IoU in % on each unseen client (leave-one-client-out), metric protocol: "
             f"{', '.join(protocols)}; {len(cells)} runs.")
@@ -377,10 +432,16 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
     own = ["", "## Each training site's own validation split", "",
            "Dice and IoU in % on each site's validation cases, mean over the folds in which it trained.", "",
            _write_table_files(*own_site_table(cells), out, "own_site"), ""] if local else []
+    cost = ["", "## What each row costs", "",
+            f"Traffic: what one training site sends per round; time: wall seconds from the run's start until its "
+            f"unseen Dice first reached {100 * REACHED:.0f} % of the Dice reported above (mean over folds).", "",
+            _write_table_files(*cost_table(cells), out, "cost"), "",
+            "![Unseen Dice against traffic](dice_against_traffic.png)", ""]
     (out / "report.md").write_text("\n".join([
-        "# fedfms report", "", note, "", markdown, *own, "",
+        "# fedfms report", "", note, "", markdown, *own, *cost, "",
         "![Unseen-client Dice per round](unseen_dice_per_round.png)", "",
         "![Unseen-client Dice per model](client_bars.png)", ""]))
     attach_artifacts([Path(c["run_dir"]) for c in cells],
-                     [out / name for name in ("report.md", "table.md", "unseen_dice_per_round.png", "client_bars.png")])
+                     [out / name for name in ("report.md", "table.md", "cost.md", "unseen_dice_per_round.png",
+                                              "client_bars.png", "dice_against_traffic.png")])
     return markdown
