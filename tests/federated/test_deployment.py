@@ -223,8 +223,12 @@ def _finished(deployment: Deployment, run_id: int, earlier: set) -> str:
 
     deployment.wait_until(ended, RUN_TIMEOUT_S, f"the ServerApp of run {run_id}", alive=("superlink", *SITES))
     status: list[str] = []
-    deployment.wait_until(lambda: status.append(deployment.run_status(CONNECTION, run_id)) or
-                          status[-1].startswith("finished"), 30, f"run {run_id} reported finished", interval=1.0)
+
+    def reported() -> bool:
+        status.append(deployment.run_status(CONNECTION, run_id))
+        return status[-1].startswith("finished")
+
+    deployment.wait_until(reported, 30, f"run {run_id} reported finished", interval=1.0)
     return status[-1]
 
 
