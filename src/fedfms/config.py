@@ -35,7 +35,7 @@ FineTuneMode = Literal["sam", "msa", "lora", "decoder"]
 LossName = Literal["bce", "dice_bce"]
 LITEMEDSAM_IMAGE_SIZE = 256
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"]
-MetricProtocol = Literal["standard", "paper"]
+MetricProtocol = Literal["standard", "paper", "case"]
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")  # whether this machine has it: fedfms.train.device

@@ -68,6 +68,16 @@ def test_evaluate_scores_the_unseen_client_on_all_its_data(federation, tmp_path,
     assert unseen.content[P.INFO]["split"] == "test" and unseen.content[P.METRICS][P.NUM_EXAMPLES] == 8
     assert seen.content[P.INFO]["split"] == "val" and seen.content[P.METRICS][P.NUM_EXAMPLES] == 4
     assert 0.0 <= unseen.content[P.METRICS]["dice"] <= 1.0
+    assert "cases" not in unseen.content[P.METRICS]
+
+
+def test_evaluate_with_the_case_protocol_reports_how_many_cases_were_scored(federation, tmp_path, run_config):
+    config = run_config(federation, tmp_path / "run").with_overrides({"evaluation.protocol": "case"})
+    torch.manual_seed(0)
+    arrays = to_record(trainable_state(build_model(config.model)))
+    metrics = _send(MessageType.EVALUATE, config, federation / "site-C", arrays).content[P.METRICS]
+    assert metrics[P.NUM_EXAMPLES] == 8 and metrics["cases"] == 2  # 8 slices of 2 synthetic cases
+    assert 0.0 <= metrics["dice"] <= 1.0
 
 
 def test_a_node_without_data_folder_gets_an_error_naming_it(federation, tmp_path, run_config):

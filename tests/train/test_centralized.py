@@ -86,3 +86,15 @@ def test_a_client_missing_from_the_best_rounds_log_alone_is_scored_again(config)
     rows = tracker.final_rows(["site-A", "site-Z", "site-B"], evaluate)
     assert asked == ["site-Z"] and [r["client"] for r in rows] == ["site-A", "site-Z", "site-B"]
     assert rows[0]["round"] == tracker.best_round
+
+
+def test_case_protocol_scores_each_client_per_case_from_the_manifests_case_ids(config):
+    """The loader carries each slice's case id to the scorer: the unseen site's 12 slices are
+    scored as its cases, the training sites' validation slices as theirs."""
+    from fedfms.data import read_manifest
+
+    results = train_centralized(config.with_overrides({"evaluation.protocol": "case", "federation.rounds": 1}))
+    unseen = results["clients"]["site-B"]
+    cases = {s.case_id for s in read_manifest(config.data.root / "site-B").samples}
+    assert unseen["images"] == 12 and unseen["cases"] == len(cases) and 1 < len(cases) < 12
+    assert 0.0 <= unseen["dice"] <= 1.0

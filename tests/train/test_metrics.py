@@ -69,3 +69,38 @@ def test_empty_accumulator_is_nan_not_zero():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         image_scores(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4))
+
+
+def test_case_protocol_pools_the_slices_of_a_case_so_lesion_free_slices_cannot_score_one():
+    """Two patients, two slices each. Patient a: one lesion slice (8 px) and one lesion-free slice
+    with 8 false-positive pixels; patient b: a lesion-free slice predicted empty and a lesion
+    slice missed entirely. Per slice, the empty/empty slice of b scores 1; per case it adds
+    nothing and b scores 0."""
+    truth = torch.zeros(4, 1, 4, 4)
+    truth[0, 0, :2, :] = 1
+    truth[3, 0, 2:, :] = 1
+    pred = torch.zeros(4, 1, 4, 4)
+    pred[0, 0, :2, :] = 1
+    pred[1, 0, 2:, :] = 1
+    cases = ["a", "a", "b", "b"]
+    per_case = ScoreAccumulator(["lesion"], protocol="case")
+    per_case.add(_logits(pred[:3]), truth[:3], cases[:3])  # case b spans two batches
+    per_case.add(_logits(pred[3:]), truth[3:], cases[3:])
+    summary = per_case.summary()
+    assert summary["cases"] == 2 and summary["images"] == 4
+    dice_a, iou_a = 2 * 8 / (16 + 8), 8 / 16
+    assert summary["dice"] == pytest.approx((dice_a + 0.0) / 2)
+    assert summary["iou"] == pytest.approx((iou_a + 0.0) / 2)
+    per_slice = ScoreAccumulator(["lesion"])
+    per_slice.add(_logits(pred), truth)
+    assert per_slice.summary()["dice"] == pytest.approx((1 + 0 + 1 + 0) / 4)
+
+
+def test_case_protocol_scores_an_empty_case_predicted_empty_as_one_and_needs_case_ids():
+    acc = ScoreAccumulator(["lesion"], protocol="case")
+    acc.add(torch.full((2, 1, 4, 4), -5.0), torch.zeros(2, 1, 4, 4), ["healthy", "healthy"])
+    assert acc.summary()["dice"] == 1.0 and acc.summary()["cases"] == 1
+    with pytest.raises(ValueError, match="one case id per image: 2 images, no case ids"):
+        acc.add(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="scores whole cases"):
+        image_scores(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), protocol="case")

@@ -101,7 +101,7 @@ def _synchronize(device: Any) -> None:
 
 def random_samples(cfg: ModelConfig, count: int, seed: int = 0) -> list[dict[str, Any]]:
     """``count`` items shaped like :class:`~fedfms.data.ClientDataset` ones: image
-    ``(3, S, S)`` uniform in [0, 1], mask ``(C, M, M)`` in {0, 1}."""
+    ``(3, S, S)`` uniform in [0, 1], mask ``(C, M, M)`` in {0, 1}, each its own case."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -111,6 +111,7 @@ def random_samples(cfg: ModelConfig, count: int, seed: int = 0) -> list[dict[str
             "image": torch.rand(3, size, size, generator=generator),
             "mask": (torch.rand(cfg.num_classes, side, side, generator=generator) > 0.5).float(),
             "id": f"random-{i}",
+            "case": f"random-{i}",
         }
         for i in range(count)
     ]
@@ -174,7 +175,8 @@ def embed_samples(model: Any, samples: list[dict[str, Any]], device: Any, precis
         for first in range(0, len(samples), 4):
             chunk = samples[first : first + 4]
             embeddings = model.embed(torch.stack([s["image"] for s in chunk]).to(device)).float().cpu()
-            embedded += [{"embedding": e.clone(), "mask": s["mask"], "id": s["id"]} for e, s in zip(embeddings, chunk)]
+            embedded += [{"embedding": e.clone(), "mask": s["mask"], "id": s["id"], "case": s["case"]}
+                         for e, s in zip(embeddings, chunk)]
     _synchronize(device)
     seconds = (time.perf_counter() - start) / len(samples)
     model.train()

@@ -49,7 +49,7 @@ def read_tensor(path: Path) -> torch.Tensor:
 
 class ClientDataset(Dataset):
     """Samples of one client: ``{"image": (3, S, S) float32 in [0, 1], "mask": (C, M, M) float32
-    in {0, 1}, "id": str}``; ``indices`` selects manifest samples (e.g. a train split)."""
+    in {0, 1}, "id": str, "case": str}`` (``case``: the manifest's case id); ``indices`` selects manifest samples (e.g. a train split)."""
 
     def __init__(
         self,
@@ -74,6 +74,10 @@ class ClientDataset(Dataset):
     def sample_id(self, item: int) -> str:
         return self.manifest.samples[self.indices[item]].id
 
+    def case_id(self, item: int) -> str:
+        """The case (patient, volume) sample ``item`` belongs to."""
+        return self.manifest.samples[self.indices[item]].case_id
+
     def image_path(self, item: int) -> Path:
         """The stored uint8 image array of sample ``item``."""
         return self.client_dir / IMAGES_DIR / f"{self.sample_id(item)}.npy"
@@ -90,4 +94,5 @@ class ClientDataset(Dataset):
         return resize_mask_tensor(mask, self.mask_size).float()
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
-        return {"image": self.load_image(item), "mask": self.load_mask(item), "id": self.sample_id(item)}
+        return {"image": self.load_image(item), "mask": self.load_mask(item), "id": self.sample_id(item),
+                "case": self.case_id(item)}

@@ -124,6 +124,7 @@ def evaluate(content: RecordDict, context: Context) -> RecordDict:
         "dice": _finite(scores["dice"]), "iou": _finite(scores["iou"]),
         "dice-per-class": [_finite(v) for v in scores["dice_per_class"]],
         "iou-per-class": [_finite(v) for v in scores["iou_per_class"]],
+        **({"cases": scores["cases"]} if "cases" in scores else {}),
     })
     return RecordDict({P.METRICS: metrics, P.INFO: ConfigRecord({"split": scores["split"]})})
 

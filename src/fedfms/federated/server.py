@@ -244,6 +244,7 @@ def _evaluate(grid: Grid, nodes: list[Node], arrays: ArrayRecord, config: RunCon
             **{key: _missing(m[wire]) for key, wire in (("dice", "dice"), ("iou", "iou"),
                                                         ("dice_per_class", "dice-per-class"),
                                                         ("iou_per_class", "iou-per-class"))},
+            **({"cases": int(m["cases"])} if "cases" in m else {}),
         })
     _name_missing(nodes, {node_id for node_id, _ in replies}, failed, "evaluate")
     return sorted(rows, key=lambda r: r["client"]), failed

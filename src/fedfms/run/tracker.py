@@ -141,7 +141,8 @@ class RunTracker:
             "model": self.config.model.model_dump(mode="json"),
             "evaluation": self.config.evaluation.model_dump(mode="json"),
             "clients": {r["client"]: {k: r[k] for k in ("role", "split", "dice", "iou", "dice_per_class",
-                                                         "iou_per_class", "images")} for r in final_rows},
+                                                         "iou_per_class", "images", "cases") if k in r}
+                        for r in final_rows},
             **extra,
         }
         write_json(self.run_dir / RESULTS, results)

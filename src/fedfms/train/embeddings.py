@@ -60,7 +60,7 @@ def _file_digest(path: Path) -> str:
 
 
 class EmbeddingDataset(Dataset):
-    """Items ``{"embedding": (256, h, w) float32, "mask": (C, M, M), "id": str}`` of a
+    """Items ``{"embedding": (256, h, w) float32, "mask": (C, M, M), "id": str, "case": str}`` of a
     :class:`ClientDataset` whose embeddings are all in the cache (see :func:`cached_embeddings`)."""
 
     def __init__(self, images: ClientDataset, paths: list[Path]) -> None:
@@ -72,7 +72,8 @@ class EmbeddingDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | str]:
         embedding = torch.from_numpy(np.load(self.paths[item])).float()
-        return {"embedding": embedding, "mask": self.images.load_mask(item), "id": self.images.sample_id(item)}
+        return {"embedding": embedding, "mask": self.images.load_mask(item), "id": self.images.sample_id(item),
+                "case": self.images.case_id(item)}
 
 
 @torch.no_grad()

@@ -89,6 +89,6 @@ def evaluate(
     for batch in loader:
         with autocast(device, dtype):
             logits = predict_batch(model, batch, device)
-        scores.add(logits.float(), batch["mask"])
+        scores.add(logits.float(), batch["mask"], batch.get("case"))
     model.train()
     return scores.summary()

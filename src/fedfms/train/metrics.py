@@ -14,6 +14,15 @@ Two protocols:
     logits are binarised at each of the thresholds 0.1, 0.3, 0.5, 0.7, 0.9, Dice and IoU are
     computed per image with the reference's smoothing in numerator and denominator (1e-4 for
     Dice, 1e-6 for IoU; so empty/empty scores 1), averaged over the thresholds, then over images.
+
+``case``
+    One score per case (patient, volume, whole slide: the manifest's ``case_id``), the
+    protocol of volumetric studies (BraTS; Buda et al. 2019 for the LGG set): the pixels of all
+    slices of a case are pooled (``sigmoid > threshold``), Dice ``2|P∩T| / (|P| + |T|)`` and IoU
+    ``|P∩T| / |P∪T|`` are computed per case and class, then averaged over the cases of a
+    client. A slice without lesion no longer scores 1 by predicting nothing: it only adds its
+    false positives to its case. A case whose ground truth and prediction are both empty for
+    a class scores 1 (as in ``standard``), an empty ground truth with any predicted pixel 0.
 """
 
 from __future__ import annotations
@@ -30,6 +39,11 @@ from fedfms.config import MetricProtocol
 PAPER_THRESHOLDS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
 PAPER_DICE_SMOOTH = 1e-4
 PAPER_IOU_SMOOTH = 1e-6
+
+
+def _foreground(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``sigmoid(logits) > threshold`` without the sigmoid: (B, C, H, W) bool."""
+    return logits > math.log(threshold / (1 - threshold))
 
 
 def _smoothed_scores(pred: torch.Tensor, target: torch.Tensor, smooth: tuple[float, float]
@@ -62,14 +76,16 @@ def image_scores(
     """Dice and IoU of every image and class of a batch.
 
     logits: (B, C, H, W) raw model outputs; masks: (B, C, H, W) in {0, 1}.
-    Returns (dice, iou), each (B, C) float64.
+    Returns (dice, iou), each (B, C) float64. The ``case`` protocol scores cases, not images:
+    see :class:`ScoreAccumulator`.
     """
     if logits.shape != masks.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ in shape")
+    if protocol == "case":
+        raise ValueError("the case protocol scores whole cases: use ScoreAccumulator with the batch's case ids")
     target = masks > 0.5
     if protocol == "standard":
-        logit_threshold = math.log(threshold / (1 - threshold))
-        return _standard_scores(logits > logit_threshold, target)
+        return _standard_scores(_foreground(logits, threshold), target)
     smooth = (PAPER_DICE_SMOOTH, PAPER_IOU_SMOOTH)
     pairs = [_smoothed_scores(logits > t, target, smooth) for t in PAPER_THRESHOLDS]
     dice = torch.stack([d for d, _ in pairs]).mean(0)
@@ -79,10 +95,12 @@ def image_scores(
 
 @dataclass
 class ScoreAccumulator:
-    """Collects per-image scores of one client and reduces them (mean over images).
+    """Collects the scores of one client and reduces them: the mean over images, or with the
+    ``case`` protocol the mean over cases of the pooled per-case counts.
 
     ``class_names`` name the C channels; the summary has ``dice`` and ``iou`` (mean over images
-    and classes), per-class lists ``dice_per_class`` / ``iou_per_class`` and ``images``.
+    (cases) and classes), per-class lists ``dice_per_class`` / ``iou_per_class``, ``images``
+    and, with the ``case`` protocol, ``cases``.
     """
 
     class_names: Sequence[str]
@@ -90,25 +108,55 @@ class ScoreAccumulator:
     threshold: float = 0.5
     _dice: list[torch.Tensor] = field(default_factory=list)
     _iou: list[torch.Tensor] = field(default_factory=list)
+    _case_counts: dict[str, torch.Tensor] = field(default_factory=dict)
+    _images: int = 0
 
-    def add(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
-        """Score a batch: logits and masks (B, C, H, W)."""
-        dice, iou = image_scores(logits.detach().float().cpu(), masks.cpu(), self.protocol, self.threshold)
-        self._dice.append(dice)
-        self._iou.append(iou)
+    def add(self, logits: torch.Tensor, masks: torch.Tensor, cases: Sequence[str] | None = None) -> None:
+        """Score a batch: logits and masks (B, C, H, W); ``cases``: the B case ids (needed by the
+        ``case`` protocol)."""
+        logits, masks = logits.detach().float().cpu(), masks.cpu()
+        self._images += logits.shape[0]
+        if self.protocol != "case":
+            dice, iou = image_scores(logits, masks, self.protocol, self.threshold)
+            self._dice.append(dice)
+            self._iou.append(iou)
+            return
+        if logits.shape != masks.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ in shape")
+        if cases is None or len(cases) != logits.shape[0]:
+            raise ValueError(f"the case protocol needs one case id per image: {logits.shape[0]} images, "
+                             f"{'no' if cases is None else len(cases)} case ids")
+        pred, target = _foreground(logits, self.threshold), masks > 0.5
+        counts = torch.stack([(pred & target).sum((2, 3)), pred.sum((2, 3)), target.sum((2, 3))], -1).double()
+        for case, case_counts in zip(cases, counts):  # case_counts: (C, 3) intersection, |P|, |T|
+            self._case_counts[case] = self._case_counts.get(case, torch.zeros_like(case_counts)) + case_counts
+
+    def _scores(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(N, C) Dice and IoU of the N images (cases), or None before anything was added."""
+        if self.protocol != "case":
+            return (torch.cat(self._dice), torch.cat(self._iou)) if self._dice else None
+        if not self._case_counts:
+            return None
+        inter, pred, target = torch.stack(list(self._case_counts.values())).unbind(-1)
+        union = pred + target - inter
+        empty = union == 0
+        dice = torch.where(empty, 1.0, 2 * inter / (pred + target).clamp_min(1))
+        iou = torch.where(empty, 1.0, inter / union.clamp_min(1))
+        return dice, iou
 
     def summary(self) -> dict[str, float | int | list[float]]:
-        """Means over images; an empty accumulator gives NaN scores and ``images`` 0."""
-        if not self._dice:
+        """Means over images (cases); an empty accumulator gives NaN scores and ``images`` 0."""
+        scores = self._scores()
+        counts = {"images": self._images, **({"cases": len(self._case_counts)} if self.protocol == "case" else {})}
+        if scores is None:
             nan_per_class = [math.nan] * len(self.class_names)
             return {"dice": math.nan, "iou": math.nan, "dice_per_class": nan_per_class,
-                    "iou_per_class": nan_per_class, "images": 0}
-        dice = torch.cat(self._dice)
-        iou = torch.cat(self._iou)
+                    "iou_per_class": nan_per_class, **counts}
+        dice, iou = scores
         return {
             "dice": float(dice.mean()),
             "iou": float(iou.mean()),
             "dice_per_class": [float(v) for v in dice.mean(0)],
             "iou_per_class": [float(v) for v in iou.mean(0)],
-            "images": int(dice.shape[0]),
+            **counts,
         }
