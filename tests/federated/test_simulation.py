@@ -133,7 +133,7 @@ def _site_epsilon_after_a_resume(config, site: str, killed_at: int) -> float:
 def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(federation, tmp_path, run_config):
     """With record-level DP on: the sites' epsilon after the kill and the resume is that of an
     uninterrupted run, plus only the round whose update was released before the kill."""
-    config = run_config(federation, tmp_path / "run", rounds=8).with_overrides({
+    config = run_config(federation, tmp_path / "run", rounds=4).with_overrides({
         "privacy.level": "record", "privacy.noise_multiplier": 1.0, "train.state_dir": str(tmp_path / "site-state")})
     command, first, helpers = _after_round_1(config, tmp_path)
     first.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -148,10 +148,10 @@ def test_ctrl_c_stops_every_process_says_how_to_resume_and_the_resume_finishes(f
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = [r["round"] for r in read_rows(config.output_dir) if r["kind"] == "round"]
-    assert rounds == list(range(1, 9)), f"killed after round {killed_at}, log has rounds {rounds}"
+    assert rounds == list(range(1, 5)), f"killed after round {killed_at}, log has rounds {rounds}"
     results = json.loads((config.output_dir / "results.json").read_text())
-    assert results["rounds"] == 8
-    assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 8
+    assert results["rounds"] == 4
+    assert yaml.safe_load((config.output_dir / "config.yaml").read_text())["federation"]["rounds"] == 4
     epsilons = [_site_epsilon_after_a_resume(config, site, killed_at) for site in ("site-A", "site-B")]
     assert results["privacy"]["epsilon"] == pytest.approx(max(epsilons), rel=1e-9)
     assert [r["epsilon"] for r in read_rows(config.output_dir) if r["kind"] == "round"][-1] == pytest.approx(max(epsilons))
