@@ -230,7 +230,7 @@ class Predictor:
         scaled = np.moveaxis(clip_and_scale(data, self.upper_percentile), self.axis, 0)  # (D, H, W)
         masks = self.segment_volume(scaled, path.name)  # (D, C, H, W)
         if self.overlay:
-            self._overlay_volume(path, scaled, masks, out_dir)
+            self.overlay_volume(split_suffix(path)[0], scaled, masks, out_dir)
         masks = np.moveaxis(masks, (0, 1), (self.axis % 3 + 1, 0))  # (C, X, Y, Z)
         if self.multi_channel:
             out = np.moveaxis(masks, 0, -1).astype(np.uint8)  # (X, Y, Z, C)
@@ -277,10 +277,11 @@ class Predictor:
             atomic_write(target, lambda stream, png=png: png.save(stream, format="PNG"))
         return targets
 
-    def _overlay_volume(self, path: Path, scaled: np.ndarray, masks: np.ndarray, out_dir: Path) -> None:
-        """The overlay of the slice with the most foreground: ``scaled (D, H, W)``, ``masks (D, C, H, W)``."""
+    def overlay_volume(self, stem: str, scaled: np.ndarray, masks: np.ndarray, out_dir: Path) -> None:
+        """``out_dir/overlays/<stem>_slice<k>.png``: the slice ``k`` with the most foreground, its
+        masks outlined. ``scaled (D, H, W)``, ``masks (D, C, H, W)``."""
         k = int(masks.reshape(len(masks), -1).sum(axis=1).argmax())
-        write_overlay(scaled[k][None], masks[k], out_dir / OVERLAY_DIR / f"{split_suffix(path)[0]}_slice{k}.png")
+        write_overlay(scaled[k][None], masks[k], out_dir / OVERLAY_DIR / f"{stem}_slice{k}.png")
 
     def output_paths(self, path: Path, out_dir: Path) -> list[Path]:
         """Where the mask(s) of input ``path`` go: the same NIfTI name; ``<stem>.png`` for an
@@ -425,9 +426,10 @@ def predict_path(
         raise PredictError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     input, output = Path(input), Path(output)
     if is_dicom(input):
-        return predict_dicom(checkpoint, input, output, series, class_names, device=device, threshold=threshold,
-                             channels=channels, upper_percentile=upper_percentile, batch_size=batch_size,
-                             progress=progress, tile=tile, tile_overlap=tile_overlap)
+        return predict_dicom(checkpoint, input, output, series, class_names, device=device, precision=precision,
+                             threshold=threshold, channels=channels, upper_percentile=upper_percentile,
+                             batch_size=batch_size, progress=progress, tile=tile, tile_overlap=tile_overlap,
+                             overlay=overlay)
     files = find_inputs(input)
     predictor = load_predictor(
         checkpoint, device, precision, threshold=threshold, channels=channels, axis=axis, upper_percentile=upper_percentile,
@@ -512,7 +514,8 @@ def predict_command(
 
         if not study:
             raise PredictError("--dicomweb needs --study UID")
-        written = predict_from_pacs(dicomweb, study, series, checkpoint, output, names, **settings)
+        written = predict_from_pacs(dicomweb, study, series, checkpoint, output, names, precision=precision,
+                                    overlay=overlay, **settings)
     elif input is None:
         raise PredictError("give --input (a file or folder) or --dicomweb URL --study UID")
     else:

@@ -25,6 +25,7 @@ from dicom_helpers import (
     tiny_checkpoint,
     write_series,
 )
+from PIL import Image
 from typer.testing import CliRunner
 
 import fedfms
@@ -132,3 +133,18 @@ def test_several_series_and_a_broken_one_are_one_line_errors(checkpoint: Path, t
     assert code == 0, err
     code, err = _fedfms([*run, "--series", b_uid], capsys, monkeypatch)
     assert code == 1 and "slice(s) missing" in err and not list((tmp_path / "out").glob(f"{b_uid}*"))
+
+
+def test_cli_overlay_of_a_dicom_series_shows_its_slice_with_the_most_foreground(checkpoint: Path, tmp_path: Path) -> None:
+    sources = sorted_by_position(write_series(tmp_path / "in", VOLUME, orientation=OBLIQUE))
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(checkpoint), "-i", str(tmp_path / "in"),
+                                      "-o", str(tmp_path / "out"), "--no-progress", "--overlay",
+                                      "--threshold", "0.01", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    uid = sources[0].SeriesInstanceUID
+    (overlay,) = (tmp_path / "out" / "overlays").iterdir()
+    labels = np.transpose(np.asanyarray(nib.load(str(tmp_path / "out" / f"{uid}.nii.gz")).dataobj), (2, 1, 0))
+    busiest = int((labels > 0).reshape(len(labels), -1).sum(axis=1).argmax())
+    assert overlay.name == f"{uid}_slice{busiest}.png"
+    with Image.open(overlay) as picture:
+        assert picture.mode == "RGB" and picture.size == (sources[0].Columns, sources[0].Rows)

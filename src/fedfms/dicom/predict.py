@@ -75,7 +75,8 @@ def checkpoint_digest(checkpoint: Path) -> str:
 
 
 def predict_series(predictor, series: Series, out_dir: Path, class_names: list[str], digest: str) -> list[Path]:
-    """Segment a checked series; write its NIfTI label volume and its DICOM SEG into ``out_dir``."""
+    """Segment a checked series; write its NIfTI label volume and its DICOM SEG into ``out_dir``
+    (and, if the predictor has ``overlay``, ``overlays/<SeriesInstanceUID>_slice<k>.png``)."""
     import nibabel as nib
 
     from fedfms import __version__
@@ -86,7 +87,11 @@ def predict_series(predictor, series: Series, out_dir: Path, class_names: list[s
     volume = read_volume(series, problems)
     if volume is None:
         raise DicomInputError("; ".join(map(str, problems.items)))
-    masks = np.moveaxis(predictor.segment_volume(clip_and_scale(volume, predictor.upper_percentile), series.uid), 1, 0)
+    scaled = clip_and_scale(volume, predictor.upper_percentile)  # (D, R, C)
+    per_slice = predictor.segment_volume(scaled, series.uid)  # (D, classes, R, C)
+    if predictor.overlay:
+        predictor.overlay_volume(series.uid, scaled, per_slice, out_dir)
+    masks = np.moveaxis(per_slice, 1, 0)
     labels = np.transpose(labels_from_masks(masks), (2, 1, 0))  # (D, R, C) -> (X = columns, Y = rows, Z = planes)
     image = nib.Nifti1Image(labels, series.nifti_affine())
     image.set_qform(series.nifti_affine(), code=1)  # scanner coordinates
