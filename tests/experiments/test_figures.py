@@ -64,6 +64,23 @@ def test_round_curves_have_round_ticks_a_legend_beside_them_and_the_best_round_s
     assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([3], [0.5])]
 
 
+def test_a_local_row_keeps_its_colour_in_every_fold_and_every_row_is_in_the_legend_once(tmp_path):
+    """Fold A has Local-B and Local-C, fold B Local-A and Local-C: a colour per panel's own order
+    would draw Local-C in fold A with the colour the legend gives Local-A."""
+    cells = [_cell(tmp_path, name, unseen, [0.1, 0.2], 2) for unseen, names in
+             (("A", ["FedDecoder", "Local-B", "Local-C"]), ("B", ["FedDecoder", "Local-A", "Local-C"]))
+             for name in names]
+    fig = plot_unseen_dice(cells, tmp_path / "folds.png")
+    colours = {}
+    for ax in fig.axes[:2]:
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                colours.setdefault(line.get_label(), set()).add(to_hex(line.get_color()))
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == 4
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["FedDecoder", "Local-A", "Local-B", "Local-C", "best round (scored in the table)"]
+
+
 def test_every_bar_is_labelled_with_its_value_a_zero_too(tmp_path):
     cells = [_cell(tmp_path, "FedDecoder", "cvc", [0.42], 1), _cell(tmp_path, "FedDecoder-PT", "cvc", [0.0], 1)]
     ax = plot_client_bars(cells, tmp_path / "bars.png").axes[0]

@@ -42,13 +42,14 @@ def row_order(labels: Sequence[str]) -> list[str]:
     """The one row order of every table and plot: rows grouped by model (in order of first
     appearance), within a model pretrained before random initialisation (``-PT``) and
     federated before centralized, e.g. FedDecoder, Decoder, FedDecoder-PT; each site's
-    ``Local-<site>`` row after all the others."""
+    ``Local-<site>`` row after all the others, by site name."""
     def family(label: str) -> str:
         return label.removeprefix("Fed").removesuffix("-PT")
 
     families = list(dict.fromkeys(family(label) for label in labels))
-    return sorted(dict.fromkeys(labels), key=lambda label: (local_site(label) is not None, families.index(family(label)),
-                                                             label.endswith("-PT"), not label.startswith("Fed")))
+    return sorted(dict.fromkeys(labels), key=lambda label: (local_site(label) is not None, local_site(label) or "",
+                                                             families.index(family(label)), label.endswith("-PT"),
+                                                             not label.startswith("Fed")))
 
 
 def table_rows(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
@@ -101,9 +102,10 @@ def _mark_best(ax, rows: list[dict[str, Any]], best_round: int | None, colour: A
         ax.plot([best_round], at_best, "*", ms=11, color=colour, markeredgecolor="black", zorder=5)
 
 
-def _save_round_panels(fig: Figure, axes: list, path: Path) -> Figure:
-    """Integer round ticks (only the rounds there are when there are few), the legend beside
-    the last panel where it hides no curve, a star legend entry for the best round."""
+def _save_round_panels(fig: Figure, axes: list, path: Path, order: Sequence[str] = ()) -> Figure:
+    """Integer round ticks (only the rounds there are when there are few), one legend for every
+    panel's curves (each label once, in ``order`` where given) beside the last panel where it
+    hides no curve, a star legend entry for the best round."""
     for ax in axes:
         rounds = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
         if len(rounds) <= 5:
@@ -113,8 +115,11 @@ def _save_round_panels(fig: Figure, axes: list, path: Path) -> Figure:
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice")
-    axes[-1].plot([], [], "*", ms=11, color="white", markeredgecolor="black", label="best round (scored in the table)")
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    curves = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    labels = sorted(curves, key=lambda label: order.index(label) if label in order else len(order))
+    star = Line2D([], [], ls="", marker="*", ms=11, color="white", markeredgecolor="black")
+    axes[-1].legend([*(curves[label] for label in labels), star], [*labels, "best round (scored in the table)"],
+                    fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
@@ -319,17 +324,20 @@ def _score_cells(per_client: list[list[tuple[float, float]]], average: bool) -> 
 
 
 def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
-    """One panel per unseen client: its Dice per round under each model, the best round starred."""
+    """One panel per unseen client: its Dice per round under each model (a model keeps its
+    colour in every panel), the best round starred."""
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
     order = row_order([c["name"] for c in cells])
     fig, axes = _round_panels(len(clients))
     for ax, client in zip(axes, clients):
         for cell in sorted((c for c in cells if c["unseen"] == client), key=lambda c: order.index(c["name"])):
             rows = [r for r in read_rows(Path(cell["run_dir"])) if r["kind"] == "eval" and r["client"] == client]
-            [line] = ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, label=cell["name"])
-            _mark_best(ax, rows, cell["best_round"], line.get_color())
+            colour = f"C{order.index(cell['name']) % 10}"
+            ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, color=colour,
+                    label=cell["name"])
+            _mark_best(ax, rows, cell["best_round"], colour)
         ax.set_title(f"unseen: {client}")
-    return _save_round_panels(fig, axes, path)
+    return _save_round_panels(fig, axes, path, order)
 
 
 #: The share of a row's reported unseen Dice whose first reaching is timed.
