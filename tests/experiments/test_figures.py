@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import to_hex
+from matplotlib.text import Text
 from PIL import Image
 
 from fedfms.experiments.report import (
@@ -124,3 +125,15 @@ def test_cost_table_gives_traffic_per_site_and_round_and_seconds_to_95_percent(t
     plot_dice_against_traffic([federated, central, never], tmp_path / "traffic.png")
     with Image.open(tmp_path / "traffic.png") as png:
         assert png.size[0] > 300 and png.size[1] > 200
+
+
+def test_labels_of_rows_with_the_same_traffic_and_close_dice_do_not_overlap(tmp_path):
+    cells = [_cell(tmp_path, name, "site-C", [dice], 1) for name, dice in
+             (("Decoder", 0.673), ("Local-kidney", 0.657), ("Local-prostate", 0.646), ("Local-liver", 0.30))]
+    fig = plot_dice_against_traffic(cells, tmp_path / "close.png")
+    fig.canvas.draw()
+    boxes = {t.get_text(): Text.get_window_extent(t) for t in fig.axes[0].texts}  # the words, not the leader lines
+    assert set(boxes) == {"Decoder", "Local-kidney", "Local-prostate", "Local-liver"}
+    names = sorted(boxes)
+    assert not any(boxes[a].overlaps(boxes[b]) for i, a in enumerate(names) for b in names[i + 1:])
+    assert boxes["Decoder"].y0 > boxes["Local-kidney"].y0 > boxes["Local-prostate"].y0  # still in Dice order

@@ -377,15 +377,30 @@ def cost_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def _spread_downwards(ys: Sequence[float], gap: float) -> list[float]:
+    """Label heights for points at ``ys`` (sorted high to low) beside one another: each at its
+    point, or ``gap`` below the label above it where they would overlap."""
+    spread: list[float] = []
+    for y in ys:
+        spread.append(min(y, spread[-1] - gap) if spread else y)
+    return spread
+
+
 def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     """One point per row: its unseen Dice (mean over folds) against the MiB a site sends per round."""
-    _, rows = cost_table(cells)
+    points = [(label, float(mib), float(dice)) for label, dice, mib, _ in cost_table(cells)[1] if dice != "–"]
     fig = Figure(figsize=(7.5, 4))
     ax = fig.subplots()
-    for label, dice, mib, _ in rows:
-        if dice != "–":
-            ax.scatter(float(mib), float(dice), s=25)
-            ax.annotate(label, (float(mib), float(dice)), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    for k, (_, mib, dice) in enumerate(points):
+        ax.plot([mib], [dice], "o", ms=5, color=f"C{k % 10}")
+    low, high = ax.get_ylim()
+    gap = 0.07 * (high - low)  # a label line (8 pt in this figure's 4 in) in Dice points, with room
+    shift = 0.02 * max([1.0, *(m for _, m, _ in points)])  # labels start right of their point
+    for mib in dict.fromkeys(m for _, m, _ in points):
+        column = sorted((p for p in points if p[1] == mib), key=lambda p: -p[2])
+        for (label, _, dice), text_y in zip(column, _spread_downwards([d for _, _, d in column], gap)):
+            leader = {"arrowstyle": "-", "lw": 0.5, "color": "grey"} if text_y != dice else None
+            ax.annotate(label, (mib, dice), xytext=(mib + shift, text_y), fontsize=8, va="center", arrowprops=leader)
     ax.set_xlabel("MiB a site sends per round (0: nothing travels)")
     ax.set_ylabel("unseen Dice % (mean over folds)")
     ax.grid(alpha=0.3)
