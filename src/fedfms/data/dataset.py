@@ -49,7 +49,8 @@ def read_tensor(path: Path) -> torch.Tensor:
 
 class ClientDataset(Dataset):
     """Samples of one client: ``{"image": (3, S, S) float32 in [0, 1], "mask": (C, M, M) float32
-    in {0, 1}, "id": str, "case": str}`` (``case``: the manifest's case id); ``indices`` selects manifest samples (e.g. a train split)."""
+    in {0, 1}, "id": str, "case": str}`` (``case``: the manifest's case id); ``indices``
+    selects manifest samples (e.g. a train split)."""
 
     def __init__(
         self,

@@ -6,8 +6,8 @@ Rows (``kind``):
 - ``train``: a client's local epoch — ``round, client, loss, samples, seconds, bytes_sent,
   bytes_received`` (bytes of parameters sent to / received from that client in the round);
 - ``eval``: scores of the global model on one client — ``round, client, role`` (``train`` or
-  ``unseen``), ``split`` (``val`` or ``test``), ``dice, iou, dice_per_class, iou_per_class, images`` (and ``cases`` with the ``case`` metric
-  protocol);
+  ``unseen``), ``split`` (``val`` or ``test``), ``dice, iou, dice_per_class, iou_per_class,
+  images`` (and ``cases`` with the ``case`` metric protocol);
 - ``round``: ``round, seconds, mean_val_dice, unseen_dice, failed`` (clients that failed and why),
   and with differential privacy ``epsilon`` (the run's epsilon after the round, see
   :mod:`fedfms.privacy.budget`).
