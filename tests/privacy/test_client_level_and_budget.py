@@ -14,9 +14,11 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 from fedfms.config import DataConfig, PrivacyConfig, RunConfig
 from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
+from fedfms.federated.server import Node, _train_round
 from fedfms.federated.strategy import make_strategy, train_content
-from fedfms.federated.wire import from_record, to_record
+from fedfms.federated.wire import from_record, record_shapes, to_record
 from fedfms.privacy.budget import BudgetError, RunPrivacy
+from fedfms.run.tracker import RESUME_DEPLOYMENT
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "federated"))
 from fake_grid import FakeGrid  # noqa: E402
@@ -94,3 +96,26 @@ def test_record_level_budget_uses_each_sites_own_projection(tmp_path):
     assert privacy.next_round_allowed(["A", "B"], 2) and privacy.epsilon() == 1.2
     privacy.heard("B", {"epsilon": 1.9, "epsilon-next": 2.4})
     assert not privacy.next_round_allowed(["A", "B"], 3)
+
+
+def test_a_site_that_sent_the_model_back_unchanged_is_named_and_left_out_of_the_clipping(tmp_path):
+    """Flower's clipping divides by each update's norm: an update of norm 0 raised ZeroDivisionError
+    in the middle of the server's round."""
+    config = _config(noise_multiplier=1e-9, max_grad_norm=0.5)
+    strategy = RunPrivacy(config, tmp_path, False).wrap(make_strategy(config.federation, 3,
+                                                                      weighted_by_key=P.UNIFORM_WEIGHT), 3)
+    nodes = [Node(i, client, 4, 1, 5, ["x"]) for i, client in enumerate("ABC", start=1)]
+    arrays = to_record({"w": torch.zeros(SIZE)})
+    direction = torch.ones(SIZE) / SIZE ** 0.5
+    sent = {"A": torch.zeros(SIZE), "B": 0.8 * direction, "C": 0.2 * direction}
+    answers = {n.node_id: RecordDict({P.ARRAYS: to_record({"w": sent[n.client]}), P.METRICS: MetricRecord(
+        {P.NUM_EXAMPLES: 4, P.UNIFORM_WEIGHT: 1, "train-loss": 0.5, "train-loss-per-epoch": [0.5],
+         "train-seconds": 0.1})}) for n in nodes}
+    valid, rows, failed, _ = _train_round(FakeGrid([1, 2, 3], answers), strategy, nodes,
+                                          {n.node_id: n for n in nodes}, arrays, record_shapes(arrays), config,
+                                          1, 2, RESUME_DEPLOYMENT)
+    assert [node.client for node, _ in valid] == ["B", "C"] and [r["client"] for r in rows] == ["B", "C"]
+    assert failed == ["A (train): update rejected: it left the model unchanged, and client-level DP cannot clip "
+                      "an update of norm 0"]
+    # Flower's accounting aggregates only complete rounds: the server then stops naming these failures
+    assert strategy.aggregate_train(1, [reply for _, reply in valid]) == (None, None)

@@ -5,8 +5,9 @@ updates, evaluate the global model on every client, checkpoint; finally score th
 
 Faults: a node that is offline when a round starts (nothing waits for it), whose reply is an
 error, is missing at the round's timeout, or carries an update with NaN/Inf, the wrong tensors
-or an outsized norm is named in the log and left out of that round; the round goes on if at least ``federation.min_train_clients`` (default: half of the
-training clients, rounded up) valid updates came back, otherwise the run stops with the last
+or an outsized norm (under client-level DP also a norm of 0) is named in the log and left out
+of that round; the round goes on if at least ``federation.min_train_clients`` (default: half of
+the training clients, rounded up) valid updates came back, otherwise the run stops with the last
 complete round on disk, ready to resume. A site whose SuperNode restarts (a new node id, or the
 same one when its key is registered) takes part again from the next round.
 """
@@ -277,6 +278,22 @@ def _screen_norms(valid: list[tuple[Node, Message]], arrays: ArrayRecord, max_ra
     return kept
 
 
+def _screen_unchanged(valid: list[tuple[Node, Message]], arrays: ArrayRecord,
+                      failed: list[str]) -> list[tuple[Node, Message]]:
+    """Under client-level DP, name the updates that left the model exactly as it was sent and
+    leave them out: Flower's clipping scales each update by ``clipping_norm / its norm``, which
+    an update of norm 0 turns into a division by zero. A site that changed nothing trained
+    nothing; the round then lacks a site, which stops a client-level DP run naming it."""
+    kept = []
+    for node, reply in valid:
+        if update_distance(reply.content[P.ARRAYS], arrays) == 0.0:
+            _failure(failed, node, "train", "update rejected: it left the model unchanged, and client-level DP "
+                                            "cannot clip an update of norm 0")
+        else:
+            kept.append((node, reply))
+    return kept
+
+
 def _name_missing(nodes: list[Node], answered: set[int], failed: list[str], what: str) -> None:
     for node in nodes:
         if node.node_id not in answered:
@@ -315,6 +332,8 @@ def _train_round(grid: Grid, strategy: FedAvg, trainers: list[Node], by_id: dict
     for _, reply in valid:
         reply.content[P.ARRAYS] = decode_update(reply.content[P.ARRAYS], arrays, config.federation.update_encoding)
     valid = _screen_norms(valid, arrays, config.federation.max_update_ratio, failed)
+    if config.privacy.level == "client":
+        valid = _screen_unchanged(valid, arrays, failed)
     if len(valid) < min_train:
         raise _too_few(round_, f"{len(valid)} valid updates", min_train, failed, resume_hint)
     rows = [{"kind": "train", "round": round_, "client": node.client,
