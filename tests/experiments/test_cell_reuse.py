@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from fedfms.config import ExperimentConfig
+from fedfms.config import ExperimentConfig, save_config
 from fedfms.data import make_synthetic_federation
-from fedfms.experiments.matrix import StaleCellError, cell_config, run_matrix
+from fedfms.experiments.matrix import StaleCellError, cell_changes, cell_config, run_matrix
 from fedfms.run.log import read_rows
 
 
@@ -63,3 +63,19 @@ def test_rows_take_the_base_backbone_when_no_backbones_are_given(tmp_path):
     assert (random_init.backbone, random_init.uses_pretrained) == ("litemedsam", False)
     with pytest.raises(ValueError, match=r"contradicts backbones\.base vit_b.*backbones: \{base: litemedsam"):
         experiment(backbones={"base": "vit_b", "large": "vit_l"})
+
+
+def test_settings_of_a_baseline_a_row_is_not_leave_it_reusable_and_stale_the_baseline(tmp_path):
+    [cell] = run_matrix(_experiment(tmp_path))
+    stamp = (cell / "results.json").stat().st_mtime_ns
+    changed = _experiment(tmp_path)
+    changed.base["model"].update(nnunet={"iterations_per_round": 7}, unet={"res_units": 1})
+    assert run_matrix(changed) == [cell]  # a SAM row: nnU-Net's and U-Net's settings ask it nothing new
+    assert (cell / "results.json").stat().st_mtime_ns == stamp
+
+    for row in ("FednnU-Net", "FedU-Net"):  # as if each had run with the unchanged base
+        stored = cell_config(_experiment(tmp_path), row, "site-B")
+        stored.output_dir.mkdir(parents=True)
+        save_config(stored, stored.output_dir / "config.yaml")
+    assert cell_changes(cell_config(changed, "FednnU-Net", "site-B")) == ["model.nnunet.iterations_per_round 250 -> 7"]
+    assert cell_changes(cell_config(changed, "FedU-Net", "site-B")) == ["model.unet.res_units 2 -> 1"]
