@@ -127,6 +127,15 @@ def test_cost_table_gives_traffic_per_site_and_round_and_seconds_to_95_percent(t
         assert png.size[0] > 300 and png.size[1] > 200
 
 
+def test_a_row_run_on_fewer_folds_says_which_folds_its_average_covers(tmp_path):
+    cells = [_cell(tmp_path, "FedDecoder", fold, [dice], 1) for fold, dice in (("A", 0.2), ("B", 0.4))]
+    cells.append(_cell(tmp_path, "FedMSA", "A", [0.6], 1))
+    rows = loco_table(cells)[1]
+    assert rows == [["FedDecoder", "20.00", "10.00", "40.00", "20.00", "30.00", "15.00"],
+                    ["FedMSA (A only)", "60.00", "30.00", "–", "–", "60.00", "30.00"]]
+    assert [row[:2] for row in cost_table(cells)[1]] == [["FedDecoder", "30.00"], ["FedMSA (A only)", "60.00"]]
+
+
 def test_labels_of_rows_with_the_same_traffic_and_close_dice_do_not_overlap(tmp_path):
     cells = [_cell(tmp_path, name, "site-C", [dice], 1) for name, dice in
              (("Decoder", 0.673), ("Local-kidney", 0.657), ("Local-prostate", 0.646), ("Local-liver", 0.30))]

@@ -247,6 +247,13 @@ class ReportError(FedfmsError, FileNotFoundError):
     """Nothing to report: the message names the folders searched."""
 
 
+def _with_folds(label: str, cells: Sequence[dict[str, Any]], folds: list[str]) -> str:
+    """``label``, followed by the folds it was run on where those are not all of ``folds`` (its
+    average covers those only), e.g. ``FedMSA (FG only)``."""
+    mine = [fold for fold in folds if any(c["name"] == label and c["unseen"] == fold for c in cells)]
+    return label if len(mine) == len(folds) else f"{label} ({', '.join(mine)} only)"
+
+
 def _loco_header(clients: list[str], class_names: list[str]) -> list[str]:
     groups = [f"{c} {k}" if len(class_names) > 1 else c for c in [*clients, "Average"] for k in class_names]
     return ["Model"] + [f"{g} {m}" for g in groups for m in ("Dice", "IoU")]
@@ -255,7 +262,7 @@ def _loco_header(clients: list[str], class_names: list[str]) -> list[str]:
 def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Table 1 layout: one row per model (a run's ``name``), for each unseen client its test Dice
     and IoU in % (per class when there are several, e.g. disc and cup), and the average over
-    clients. With ``paper``, the paper's row follows each of ours where it reports that model
+    clients (a row run on fewer folds says which). With ``paper``, the paper's row follows each of ours where it reports that model
     on one of our unseen clients (matched by name); its Average only when our matrix has every
     client the paper averages over (otherwise it averages other clients than ours: ``–``)."""
     labels = row_order([c["name"] for c in cells])
@@ -270,7 +277,7 @@ def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tup
     for label in labels:
         ours = [[(by_cell[(label, u)]["dice_per_class"][k], by_cell[(label, u)]["iou_per_class"][k])
                  if (label, u) in by_cell else (math.nan, math.nan) for k in range(len(class_names))] for u in clients]
-        rows.append([label, *_score_cells(ours, average=True)])
+        rows.append([_with_folds(label, cells, clients), *_score_cells(ours, average=True)])
         paper_clients = set(reported.get(label, {})) - {"Average"}
         if paper_clients & set(clients):  # the paper's row only beside clients it reports
             average = "Average" if paper_clients <= set(clients) else None  # else over other clients than ours
@@ -365,14 +372,16 @@ def _seconds_to_reach(run_dir: Path, final: float) -> float:
 def cost_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Per row, mean over its folds: unseen Dice in %, MiB a site sends per round, and wall
     seconds to reach ``REACHED`` of the row's own unseen Dice (the accuracy-for-traffic and
-    accuracy-for-time trade-offs)."""
+    accuracy-for-time trade-offs); a row run on fewer folds than the others says which."""
+    folds = list(dict.fromkeys(c["unseen"] for c in cells))
     rows = []
     for label in row_order([c["name"] for c in cells]):
         mine = [c for c in cells if c["name"] == label]
         dice = _nanmean([c["clients"][c["unseen"]]["dice"] for c in mine])
         mib = _nanmean([_mib_per_client_round(Path(c["run_dir"])) for c in mine])
         seconds = _nanmean([_seconds_to_reach(Path(c["run_dir"]), c["clients"][c["unseen"]]["dice"]) for c in mine])
-        rows.append([label, _fmt(dice), f"{mib:.2f}", "–" if math.isnan(seconds) else f"{seconds:.0f}"])
+        rows.append([_with_folds(label, cells, folds), _fmt(dice), f"{mib:.2f}",
+                     "–" if math.isnan(seconds) else f"{seconds:.0f}"])
     header = ["Model", "unseen Dice %", "MiB per site and round", f"s to {100 * REACHED:.0f} % of its unseen Dice"]
     return header, rows
 
