@@ -262,9 +262,10 @@ def _loco_header(clients: list[str], class_names: list[str]) -> list[str]:
 def loco_table(cells: Sequence[dict[str, Any]], paper: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Table 1 layout: one row per model (a run's ``name``), for each unseen client its test Dice
     and IoU in % (per class when there are several, e.g. disc and cup), and the average over
-    clients (a row run on fewer folds says which). With ``paper``, the paper's row follows each of ours where it reports that model
-    on one of our unseen clients (matched by name); its Average only when our matrix has every
-    client the paper averages over (otherwise it averages other clients than ours: ``–``)."""
+    clients (a row run on fewer folds says which). With ``paper``, the paper's row follows each
+    of ours where it reports that model on one of our unseen clients (matched by name); its
+    Average only when our matrix has every client the paper averages over (otherwise it
+    averages other clients than ours: ``–``)."""
     labels = row_order([c["name"] for c in cells])
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
     class_names = cells[0]["class_names"]
