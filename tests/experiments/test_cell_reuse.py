@@ -70,7 +70,8 @@ def test_settings_of_a_baseline_a_row_is_not_leave_it_reusable_and_stale_the_bas
     stamp = (cell / "results.json").stat().st_mtime_ns
     changed = _experiment(tmp_path)
     changed.base["model"].update(nnunet={"iterations_per_round": 7}, unet={"res_units": 1})
-    assert run_matrix(changed) == [cell]  # a SAM row: nnU-Net's and U-Net's settings ask it nothing new
+    changed.base["train"] = {**changed.base.get("train", {}), "embedding_cache": str(tmp_path / "elsewhere")}
+    assert run_matrix(changed) == [cell]  # a SAM row: nnU-Net's and U-Net's settings, a cache folder ask it nothing new
     assert (cell / "results.json").stat().st_mtime_ns == stamp
 
     for row in ("FednnU-Net", "FedU-Net"):  # as if each had run with the unchanged base

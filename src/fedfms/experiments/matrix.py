@@ -140,15 +140,19 @@ def _differences(stored: Any, asked: Any, prefix: str = "") -> list[str]:
     return [] if stored == asked else [f"{prefix.rstrip('.')} {stored!r} -> {asked!r}"]
 
 
+_FOLDERS = ("embedding_cache", "state_dir")  # where a site keeps caches and optimizer state on disk
+
+
 def _normalised(tree: dict[str, Any], asked: RunConfig) -> dict[str, Any]:
     """A run's configuration without what the run itself fills in (nnU-Net's plan, and the
-    client list a simulation writes down when ``data.clients`` was left unset) and without the
+    client list a simulation writes down when ``data.clients`` was left unset), without the
     settings of the baselines its architecture is not (``model.unet`` and ``model.nnunet`` of a
-    SAM row): changing those in ``base`` asks a SAM row nothing new."""
+    SAM row) and without the folders of :data:`_FOLDERS`: changing those in ``base`` asks a
+    finished row nothing new."""
     arch = asked.model.arch
     tree = {**tree, "model": {**tree["model"], "unet": tree["model"]["unet"] if arch == "unet" else None,
                               "nnunet": {**tree["model"]["nnunet"], "plan": None} if arch == "nnunet" else None},
-            "data": dict(tree["data"])}
+            "train": {**tree["train"], **dict.fromkeys(_FOLDERS)}, "data": dict(tree["data"])}
     if asked.data.clients is None:
         tree["data"]["clients"] = None
     return tree
