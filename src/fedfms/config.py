@@ -453,7 +453,10 @@ class ExperimentConfig(_Strict):
     folds (default: every client). ``paper`` names the dataset of the paper's Table 1 whose
     figures a report shows beside ours. ``Local`` in ``models`` adds one row ``Local-<site>``
     per training site of each fold: the model of the centralized row ``local_model`` trained on
-    that site's data alone, with the same budget.
+    that site's data alone, with the same budget. ``seeds`` runs every cell once per seed
+    (``train.seed``: initialisation and batch order; the split stays ``data.split_seed``'s): the
+    first seed's runs go where a one-seed matrix puts them, each other seed's to
+    ``output_dir/seed-<N>/<row>/<unseen>/``; the report gives their mean and spread.
     """
 
     name: str
@@ -466,12 +469,18 @@ class ExperimentConfig(_Strict):
     baseline_image_size: int | None = Field(None, strict=True, ge=32)
     paper: Literal["prostate", "brain_tumour", "fundus", "nuclei"] | None = None
     local_model: str = "Decoder"
+    seeds: list[Annotated[int, Field(strict=True, ge=0)]] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _base_is_a_run(self) -> ExperimentConfig:
         for key in ("name", "output_dir"):
             if key in self.base:
                 raise ValueError(f"base.{key} is set per cell; remove it")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds {self.seeds} repeats a seed")
+            if "seed" in (self.base.get("train") or {}):
+                raise ValueError("base.train.seed and seeds both set the seed: keep seeds")
         _validate({**self.base, "name": self.name}, source="base")
         named = _base_backbone(self.base)
         if named is not None and self.backbones["base"] != named:

@@ -47,9 +47,13 @@ def test_litemedsam_matrices_build_pretrained_and_random_cells(name):
     experiment = load_experiment(CONFIGS / f"{name}.yaml")
     unseen = folds(experiment)[0]
     cells = {m: cell_config(experiment, m, unseen) for m in fold_rows(experiment, unseen)}
-    assert all(c.model.backbone == "litemedsam" and c.model.image_size == 256 for c in cells.values())
-    assert all(c.model.uses_pretrained == (not m.endswith("-PT")) for m, c in cells.items())
-    assert {c.model.mode for c in cells.values()} == ({"msa"} if name.endswith("msa") else {"decoder"})
+    sam = {m: c for m, c in cells.items() if c.model.arch == "sam"}
+    assert all(c.model.backbone == "litemedsam" and c.model.image_size == 256 for c in sam.values())
+    assert all(c.model.uses_pretrained == (not m.endswith("-PT")) for m, c in sam.items())
+    assert {c.model.mode for c in sam.values()} == ({"msa"} if name.endswith("msa") else {"decoder"})
+    baselines = {m: c.model.arch for m, c in cells.items() if m not in sam}
+    assert baselines == ({} if name.endswith("msa") else {"FedU-Net": "unet"})  # from scratch, at the same size
+    assert all(cells[m].model.image_size == 256 for m in baselines)
     budgets = {(c.federation.rounds, c.train.local_epochs) for c in cells.values()}
     assert len(budgets) == 1  # the same rounds and local epochs for every row of a dataset
 

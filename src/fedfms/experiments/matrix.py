@@ -73,7 +73,20 @@ def local_site(label: str) -> str | None:
     return label[len(prefix):] if label.startswith(prefix) else None
 
 
-def _local_cell(experiment: ExperimentConfig, label: str, site: str, unseen: str) -> RunConfig:
+def seeds(experiment: ExperimentConfig) -> list[int]:
+    """The seeds each cell runs with: ``seeds``, or the one ``train.seed`` of ``base``."""
+    return experiment.seeds or [RunConfig.model_validate({**experiment.base, "name": experiment.name}).train.seed]
+
+
+def cell_dir(experiment: ExperimentConfig, label: str, unseen: str, seed: int | None = None) -> Path:
+    """``output_dir/<row>/<unseen>`` for the first seed, ``output_dir/seed-<N>/<row>/<unseen>``
+    for each other seed of :func:`seeds`."""
+    first = seeds(experiment)[0]
+    root = experiment.output_dir if seed is None or seed == first else experiment.output_dir / f"seed-{seed}"
+    return root / label / unseen
+
+
+def _local_cell(experiment: ExperimentConfig, label: str, site: str, unseen: str, seed: int | None) -> RunConfig:
     row = ROWS.get(experiment.local_model)
     if row is None or row.federated:
         raise ConfigError(f"{experiment.name}: local_model {experiment.local_model!r} must be a centralized row "
@@ -82,18 +95,20 @@ def _local_cell(experiment: ExperimentConfig, label: str, site: str, unseen: str
     if site not in names or site == unseen:
         raise ConfigError(f"{experiment.name}: row {label} needs a training site of fold {unseen!r}; "
                           f"the clients are {', '.join(names)}")
-    config = cell_config(experiment, experiment.local_model, unseen)
+    config = cell_config(experiment, experiment.local_model, unseen, seed)
     return config.model_copy(update={
-        "name": label, "output_dir": experiment.output_dir / label / unseen,
+        "name": label, "output_dir": cell_dir(experiment, label, unseen, seed),
         "data": config.data.model_copy(update={"clients": [site, unseen]}),
     })
 
 
-def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunConfig:
-    """The run configuration of one cell (row ``label``, fold ``unseen``)."""
+def cell_config(experiment: ExperimentConfig, label: str, unseen: str, seed: int | None = None) -> RunConfig:
+    """The run configuration of one cell (row ``label``, fold ``unseen``), with ``seed`` (default:
+    the first of :func:`seeds`)."""
+    seed = seeds(experiment)[0] if seed is None else seed
     site = local_site(label)
     if site is not None:
-        return _local_cell(experiment, label, site, unseen)
+        return _local_cell(experiment, label, site, unseen, seed)
     if label not in ROWS:
         raise ConfigError(f"{experiment.name}: unknown model row {label!r}; known: {', '.join(ROWS)}, {LOCAL}-<site>")
     row = ROWS[label]
@@ -114,9 +129,10 @@ def cell_config(experiment: ExperimentConfig, label: str, unseen: str) -> RunCon
         if row.arch == "nnunet":
             model.update(nnunet={**base.model.nnunet.model_dump(), "recipe": row.recipe})
     return base.model_copy(update={
-        "output_dir": experiment.output_dir / label / unseen,
+        "output_dir": cell_dir(experiment, label, unseen, seed),
         "model": ModelConfig.model_validate({**base.model.model_dump(), **model}),
         "data": base.data.model_copy(update={"unseen": unseen}),
+        "train": base.train.model_copy(update={"seed": seed}),
     })
 
 
@@ -212,13 +228,16 @@ def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool =
     from fedfms.train.centralized import train_centralized
     from fedfms.train.sites import ordered_clients
 
-    cells = [(label, unseen) for unseen in folds(experiment) for label in fold_rows(experiment, unseen)]
-    configs = [cell_config(experiment, label, unseen) for label, unseen in cells]  # all errors before any run
+    several = len(seeds(experiment)) > 1
+    cells = [(label, unseen, seed) for seed in seeds(experiment) for unseen in folds(experiment)
+             for label in fold_rows(experiment, unseen)]  # every cell of the first seed before any replicate
+    configs = [cell_config(experiment, label, unseen, seed) for label, unseen, seed in cells]  # all errors first
     for config in configs:
         ordered_clients(config.data)  # every unseen client has a folder, before any run folder exists
-    actions = [_decide(config, label, unseen, resume, rerun) for (label, unseen), config in zip(cells, configs)]
-    for index, ((label, unseen), config, action) in enumerate(zip(cells, configs, actions), start=1):
-        logger.info("cell %d/%d %s, unseen %s: %s", index, len(cells), label, unseen,
+    actions = [_decide(config, label, unseen, resume, rerun) for (label, unseen, _), config in zip(cells, configs)]
+    for index, ((label, unseen, seed), config, action) in enumerate(zip(cells, configs, actions), start=1):
+        logger.info("cell %d/%d %s, unseen %s%s: %s", index, len(cells), label, unseen,
+                    f", seed {seed}" if several else "",
                     {"skip": "finished, skipped", "start": "starting", "resume": "resuming",
                      "rerun": "settings changed, running again"}[action])
         if action == "skip":

@@ -213,7 +213,49 @@ def find_cells(paths: Sequence[Path]) -> list[dict[str, Any]]:
     if not cells:
         raise ReportError(f"no finished leave-one-client-out run ({RESULTS} with an unseen client) "
                           f"under {', '.join(map(str, paths))}")
-    return distinct_names(cells)
+    return distinct_names(merge_seeds(cells))
+
+
+def _seed(cell: dict[str, Any]) -> int | None:
+    """The ``train.seed`` a run was made with (``None`` where its config.yaml is missing)."""
+    stored = Path(cell["run_dir"]) / "config.yaml"
+    return yaml.safe_load(stored.read_text())["train"]["seed"] if stored.exists() else None
+
+
+_SCORES = ("dice", "iou", "dice_per_class", "iou_per_class")
+
+
+def _mean_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One client's entry of several runs, with each score of :data:`_SCORES` their mean."""
+    merged = dict(scores[0])
+    for key in (k for k in _SCORES if k in merged):
+        values = [s[key] for s in scores]
+        merged[key] = ([_nanmean(list(v)) for v in zip(*values, strict=True)] if isinstance(values[0], list)
+                       else _nanmean(values))
+    return merged
+
+
+def merge_seeds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of one row, fold and kind that differ in ``train.seed`` (a matrix's ``seeds``)
+    become one cell: every client's scores their mean, ``replicates`` each seed's run folder
+    and unseen Dice, ``run_dir`` the lowest seed's run (its rounds, traffic and seconds stand
+    for the row's). Runs that share a seed stay apart (:func:`distinct_names` tells them apart)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        groups.setdefault((cell["name"], cell["unseen"], cell.get("kind", "run")), []).append(cell)
+    merged = []
+    for group in groups.values():
+        seeds = [_seed(c) for c in group]
+        if len(group) == 1 or None in seeds or len(set(seeds)) < len(seeds):
+            merged.extend(group)
+            continue
+        runs = sorted(zip(seeds, group), key=lambda pair: pair[0])
+        shared = [name for name in runs[0][1]["clients"] if all(name in c["clients"] for _, c in runs)]
+        merged.append({**runs[0][1], "clients": {name: _mean_scores([c["clients"][name] for _, c in runs])
+                                                 for name in shared},
+                       "replicates": [{"seed": seed, "run_dir": c["run_dir"], "dice": c["clients"][c["unseen"]]["dice"]}
+                                      for seed, c in runs]})
+    return merged
 
 
 def distinct_names(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -387,6 +429,18 @@ def cost_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def seeds_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Per row and fold run with several seeds: the seeds, the unseen Dice (%) of each, their
+    mean and sample standard deviation (the spread one seed's figure hides)."""
+    rows = []
+    order = row_order([c["name"] for c in cells])
+    for cell in sorted((c for c in cells if c.get("replicates")), key=lambda c: (order.index(c["name"]), c["unseen"])):
+        dice = [r["dice"] for r in cell["replicates"]]
+        rows.append([cell["name"], cell["unseen"], ", ".join(str(r["seed"]) for r in cell["replicates"]),
+                     ", ".join(_fmt(d) for d in dice), _fmt(float(np.mean(dice))), _fmt(float(np.std(dice, ddof=1)))])
+    return ["Model", "unseen", "seeds", "unseen Dice % per seed", "mean", "sd"], rows
+
+
 def _spread_downwards(ys: Sequence[float], gap: float) -> list[float]:
     """Label heights for points at ``ys`` (sorted high to low) beside one another: each at its
     point, or ``gap`` below the label above it where they would overlap."""
@@ -455,7 +509,7 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
     plot_dice_against_traffic(cells, out / "dice_against_traffic.png")
     protocols = sorted({c["evaluation"]["protocol"] for c in cells})
     note = (f"Dice and IoU in % on each unseen client (leave-one-client-out), metric protocol: "
-            f"{', '.join(protocols)}; {len(cells)} runs.")
+            f"{', '.join(protocols)}; {sum(len(c.get('replicates') or [c]) for c in cells)} runs.")
     if paper:
         note += " Rows marked (paper) are the FedFMS paper's Table 1, reference protocol."
     local = any(local_site(c["name"]) for c in cells)
@@ -465,13 +519,18 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
     own = ["", "## Each training site's own validation split", "",
            "Dice and IoU in % on each site's validation cases, mean over the folds in which it trained.", "",
            _write_table_files(*own_site_table(cells), out, "own_site"), ""] if local else []
+    seeds = seeds_table(cells)
+    spread = ["", "## Spread over seeds", "",
+              "Rows run with several seeds (`seeds` of the matrix): the tables above give their mean; plots, "
+              "traffic and seconds are the lowest seed's run.", "",
+              _write_table_files(*seeds, out, "seeds"), ""] if seeds[1] else []
     cost = ["", "## What each row costs", "",
             f"Traffic: what one training site sends per round; time: wall seconds from the run's start until its "
             f"unseen Dice first reached {100 * REACHED:.0f} % of the Dice reported above (mean over folds).", "",
             _write_table_files(*cost_table(cells), out, "cost"), "",
             "![Unseen Dice against traffic](dice_against_traffic.png)", ""]
     (out / "report.md").write_text("\n".join([
-        "# fedfms report", "", note, "", markdown, *own, *cost, "",
+        "# fedfms report", "", note, "", markdown, *own, *spread, *cost, "",
         "![Unseen-client Dice per round](unseen_dice_per_round.png)", "",
         "![Unseen-client Dice per model](client_bars.png)", ""]))
     attach_artifacts([Path(c["run_dir"]) for c in cells],
