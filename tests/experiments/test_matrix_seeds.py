@@ -10,6 +10,7 @@ from fedfms.config import ExperimentConfig
 from fedfms.data import make_synthetic_federation
 from fedfms.experiments.matrix import run_matrix
 from fedfms.experiments.report import write_loco_report
+from fedfms.run.log import read_rows
 
 
 def _experiment(tmp_path, **fields):
@@ -45,6 +46,10 @@ def test_each_seed_runs_in_its_own_folder_and_the_report_gives_mean_and_spread(t
     seeds = (tmp_path / "report" / "seeds.md").read_text()
     assert f"| U-Net | site-B | 0, 5 | {100 * dice[0]:.2f}, {100 * dice[1]:.2f} |" in seeds
     assert "## Spread over seeds" in (tmp_path / "report" / "report.md").read_text()
+    # one round: each run reached its own Dice in its first round; the cost is the runs' mean
+    seconds = [next(r["seconds"] for r in read_rows(d) if r["kind"] == "round") for d in (first, other)]
+    [cost] = [line for line in (tmp_path / "report" / "cost.md").read_text().splitlines() if line.startswith("| U-Net")]
+    assert cost.split(" | ")[-1].rstrip(" |") == f"{sum(seconds) / 2:.0f}"
 
 
 @pytest.mark.parametrize(("fields", "message"), [

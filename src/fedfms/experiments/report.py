@@ -238,8 +238,8 @@ def _mean_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def merge_seeds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Runs of one row, fold and kind that differ in ``train.seed`` (a matrix's ``seeds``)
     become one cell: every client's scores their mean, ``replicates`` each seed's run folder
-    and unseen Dice, ``run_dir`` the lowest seed's run (its rounds, traffic and seconds stand
-    for the row's). Runs that share a seed stay apart (:func:`distinct_names` tells them apart)."""
+    and unseen Dice, ``run_dir`` the lowest seed's run (the one the per-round plot draws). Runs
+    that share a seed stay apart (:func:`distinct_names` tells them apart)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for cell in cells:
         groups.setdefault((cell["name"], cell["unseen"], cell.get("kind", "run")), []).append(cell)
@@ -412,17 +412,25 @@ def _seconds_to_reach(run_dir: Path, final: float) -> float:
     return math.nan
 
 
+def _runs(cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs behind a cell: each seed's (:func:`merge_seeds`), or the one run, with its
+    ``run_dir`` and unseen ``dice``."""
+    return cell.get("replicates") or [{"run_dir": cell["run_dir"], "dice": cell["clients"][cell["unseen"]]["dice"]}]
+
+
 def cost_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Per row, mean over its folds: unseen Dice in %, MiB a site sends per round, and wall
-    seconds to reach ``REACHED`` of the row's own unseen Dice (the accuracy-for-traffic and
-    accuracy-for-time trade-offs); a row run on fewer folds than the others says which."""
+    """Per row, mean over its folds (and seeds): unseen Dice in %, MiB a site sends per round,
+    and wall seconds until a run reached ``REACHED`` of its own unseen Dice (the
+    accuracy-for-traffic and accuracy-for-time trade-offs); a row run on fewer folds than the
+    others says which."""
     folds = list(dict.fromkeys(c["unseen"] for c in cells))
     rows = []
     for label in row_order([c["name"] for c in cells]):
         mine = [c for c in cells if c["name"] == label]
         dice = _nanmean([c["clients"][c["unseen"]]["dice"] for c in mine])
-        mib = _nanmean([_mib_per_client_round(Path(c["run_dir"])) for c in mine])
-        seconds = _nanmean([_seconds_to_reach(Path(c["run_dir"]), c["clients"][c["unseen"]]["dice"]) for c in mine])
+        runs = [(Path(r["run_dir"]), r["dice"]) for c in mine for r in _runs(c)]
+        mib = _nanmean([_mib_per_client_round(run_dir) for run_dir, _ in runs])
+        seconds = _nanmean([_seconds_to_reach(run_dir, run_dice) for run_dir, run_dice in runs])
         rows.append([_with_folds(label, cells, folds), _fmt(dice), f"{mib:.2f}",
                      "–" if math.isnan(seconds) else f"{seconds:.0f}"])
     header = ["Model", "unseen Dice %", "MiB per site and round", f"s to {100 * REACHED:.0f} % of its unseen Dice"]
@@ -509,7 +517,7 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
     plot_dice_against_traffic(cells, out / "dice_against_traffic.png")
     protocols = sorted({c["evaluation"]["protocol"] for c in cells})
     note = (f"Dice and IoU in % on each unseen client (leave-one-client-out), metric protocol: "
-            f"{', '.join(protocols)}; {sum(len(c.get('replicates') or [c]) for c in cells)} runs.")
+            f"{', '.join(protocols)}; {sum(len(_runs(c)) for c in cells)} runs.")
     if paper:
         note += " Rows marked (paper) are the FedFMS paper's Table 1, reference protocol."
     local = any(local_site(c["name"]) for c in cells)
@@ -521,8 +529,8 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
            _write_table_files(*own_site_table(cells), out, "own_site"), ""] if local else []
     seeds = seeds_table(cells)
     spread = ["", "## Spread over seeds", "",
-              "Rows run with several seeds (`seeds` of the matrix): the tables above give their mean; plots, "
-              "traffic and seconds are the lowest seed's run.", "",
+              "Rows run with several seeds (`seeds` of the matrix): the tables give their mean; the per-round "
+              "plot shows the lowest seed's run.", "",
               _write_table_files(*seeds, out, "seeds"), ""] if seeds[1] else []
     cost = ["", "## What each row costs", "",
             f"Traffic: what one training site sends per round; time: wall seconds from the run's start until its "
