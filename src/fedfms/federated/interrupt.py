@@ -3,9 +3,11 @@
 Flower's simulation runtime keeps running when the driver gets SIGINT, and Ray's helper
 processes (raylet, GCS, dashboard and runtime-env agents, actors) can outlive it. While a run is
 inside :func:`stop_cleanly`, either signal says which round is safely on disk and how to
-continue, kills every process the run started and exits with ``128 + signal``. The helpers are
-killed, not asked to stop: when Ray's GCS shuts down, Ray's own watchdog in this process ends
-it at once with status 1, before it could finish its own cleanup.
+continue and exits with ``128 + signal`` at once; the run's reaper (:mod:`fedfms.federated.reaper`,
+a process of its own) then kills every process the run started. The run does not stop or kill
+its helpers itself: once Ray's raylet or GCS is gone, Ray's own watchdog thread in this process
+ends it with status 1, and it did so while this process was still killing the rest (in one CI
+run, a SIGTERM to the whole process group, as systemd and ``timeout`` send, exited with 1).
 
 Ray's start-up (inside Flower's ``run_simulation``) replaces the SIGTERM handler twice: with
 Python's ``sys.exit`` and then with its C++ failure handler, which dumps a stack and aborts
@@ -24,8 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-import psutil
-
 from fedfms.run.state import LATEST
 
 logger = logging.getLogger("fedfms")
@@ -38,27 +38,17 @@ def last_saved_round(run_dir: Path) -> str:
     return pointer.read_text().strip() if pointer.exists() else "none"
 
 
-def kill_descendants() -> int:
-    """Kill every descendant process of this one; returns how many there were."""
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    return len(children)
-
-
 @contextlib.contextmanager
 def stop_cleanly(run_dir: Path) -> Iterator[None]:
-    """Within this block SIGINT/SIGTERM end the run as the module docstring says."""
+    """Within this block SIGINT/SIGTERM end the run as the module docstring says; use it inside
+    :func:`fedfms.federated.reaper.reaped`, which stops the run's helpers."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        helpers = len(psutil.Process().children(recursive=True))
-        logger.warning("interrupted (%s): stopping the run's %d helper process(es); the last complete round on "
+        logger.warning("interrupted (%s): the run's helper processes are being stopped; the last complete round on "
                        "disk is %s in %s; run the same command with --resume to continue (fedfms experiment and "
-                       "fedfms demo resume by themselves)", signal.Signals(signum).name, helpers,
+                       "fedfms demo resume by themselves)", signal.Signals(signum).name,
                        last_saved_round(run_dir), Path(run_dir) / "checkpoints")
         logging.shutdown()
-        kill_descendants()
         os._exit(128 + signum)
 
     def install() -> None:
