@@ -6,11 +6,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
-from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
-from fedfms.data import make_synthetic_federation
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker and every process it starts (a run, Ray's actors, a
+    site worker) gets its share of the cores, not all of them: torch's default, every core in
+    every worker, oversubscribes the CPU, and OpenMP's waiting threads then slowed CPU-bound
+    test files by a quarter (2 cores, 2 workers). Set before torch is imported; a value the
+    user set is kept."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")  # set in xdist's workers only
+    if workers:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
+
+
+_share_the_cores()
+
+import pytest  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedfms.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from fedfms.data import make_synthetic_federation  # noqa: E402
 
 
 def shared_data_dir() -> Path:
