@@ -14,7 +14,13 @@ from fedfms.benchmarks.efficiency import efficiency_command
 from fedfms.benchmarks.step import step_command
 from fedfms.data.cli import prepare_app
 from fedfms.errors import FedfmsError
-from fedfms.experiments.commands import demo_command, experiment_command, report_command, train_command
+from fedfms.experiments.commands import (
+    demo_command,
+    experiment_command,
+    paired_command,
+    report_command,
+    train_command,
+)
 from fedfms.export import export_command
 from fedfms.io import describe
 from fedfms.models.cli import models_command
@@ -28,6 +34,7 @@ app.command("train")(train_command)
 app.command("demo")(demo_command)
 app.command("experiment")(experiment_command)
 app.command("report")(report_command)
+app.command("paired")(paired_command)
 app.command("efficiency")(efficiency_command)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: fedfms' training step against the reference code.")
 bench_app.command("step")(step_command)

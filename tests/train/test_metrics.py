@@ -104,3 +104,25 @@ def test_case_protocol_scores_an_empty_case_predicted_empty_as_one_and_needs_cas
         acc.add(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="scores whole cases"):
         image_scores(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), protocol="case")
+
+
+def test_per_unit_gives_each_case_or_image_whose_mean_is_the_summary():
+    truth = torch.zeros(4, 2, 4, 4)
+    truth[:, :, :2, :] = 1
+    pred = truth.clone()
+    pred[1] = 0  # case a: one slice of two missed; case b: both right
+    cases, ids = ["a", "a", "b", "b"], ["a0", "a1", "b0", "b1"]
+    per_case = ScoreAccumulator(["x", "y"], protocol="case")
+    per_case.add(_logits(pred), truth, cases, ids)
+    assert per_case.per_unit() == pytest.approx({"a": 2 * 8 / (8 + 16), "b": 1.0})
+    assert sum(per_case.per_unit().values()) / 2 == pytest.approx(per_case.summary()["dice"])
+    per_image = ScoreAccumulator(["x", "y"])
+    per_image.add(_logits(pred[:2]), truth[:2], cases[:2], ids[:2])
+    per_image.add(_logits(pred[2:]), truth[2:], cases[2:], ids[2:])
+    assert per_image.per_unit() == {"a0": 1.0, "a1": 0.0, "b0": 1.0, "b1": 1.0}
+    assert sum(per_image.per_unit().values()) / 4 == pytest.approx(per_image.summary()["dice"])
+    no_ids = ScoreAccumulator(["x", "y"])
+    no_ids.add(_logits(pred), truth)
+    with pytest.raises(ValueError, match="one image id per image: 4 images, 0 ids"):
+        no_ids.per_unit()
+    assert ScoreAccumulator(["x"]).per_unit() == {}

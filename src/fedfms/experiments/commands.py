@@ -1,4 +1,5 @@
-"""``fedfms train`` and ``fedfms demo``: thin wrappers that read options and call the runners."""
+"""``fedfms train``, ``demo``, ``experiment``, ``report`` and ``paired``: thin wrappers that read
+options and call the runners."""
 
 from __future__ import annotations
 
@@ -116,3 +117,28 @@ def report_command(
     if paper is not None and paper not in paper_table1():
         raise typer.BadParameter(f"{paper!r}: expected one of {', '.join(paper_table1())}", param_hint="--paper")
     typer.echo(write_loco_report(run_dirs, out or run_dirs[0] / "report", paper))
+
+
+def paired_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders, or folders holding runs (as for fedfms report).")],
+    pair: Annotated[list[str], typer.Option(help="Two row names to compare, FIRST:SECOND (repeat the option).")],
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown table to this file.")] = None,
+) -> None:
+    """Paired per-case comparisons of rows on their unseen clients: every run's best model is
+    scored again case by case (patient by patient), and each pair's cases go through the
+    Wilcoxon signed-rank test."""
+    from fedfms.experiments.paired import compare_rows, paired_table
+    from fedfms.io import atomic_write_text
+
+    pairs = []
+    for text in pair:
+        first, sep, second = text.partition(":")
+        if not sep or not first or not second or first == second:
+            raise typer.BadParameter(f"{text!r}: expected two different row names, FIRST:SECOND (e.g. FedDecoder:Decoder)",
+                                     param_hint="--pair")
+        pairs.append((first, second))
+    console_logging()
+    table = paired_table(compare_rows(run_dirs, pairs))
+    if out is not None:
+        atomic_write_text(out, table + "\n")
+    typer.echo(table)

@@ -412,7 +412,7 @@ def _seconds_to_reach(run_dir: Path, final: float) -> float:
     return math.nan
 
 
-def _runs(cell: dict[str, Any]) -> list[dict[str, Any]]:
+def cell_runs(cell: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs behind a cell: each seed's (:func:`merge_seeds`), or the one run, with its
     ``run_dir`` and unseen ``dice``."""
     return cell.get("replicates") or [{"run_dir": cell["run_dir"], "dice": cell["clients"][cell["unseen"]]["dice"]}]
@@ -428,7 +428,7 @@ def cost_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     for label in row_order([c["name"] for c in cells]):
         mine = [c for c in cells if c["name"] == label]
         dice = _nanmean([c["clients"][c["unseen"]]["dice"] for c in mine])
-        runs = [(Path(r["run_dir"]), r["dice"]) for c in mine for r in _runs(c)]
+        runs = [(Path(r["run_dir"]), r["dice"]) for c in mine for r in cell_runs(c)]
         mib = _nanmean([_mib_per_client_round(run_dir) for run_dir, _ in runs])
         seconds = _nanmean([_seconds_to_reach(run_dir, run_dice) for run_dir, run_dice in runs])
         rows.append([_with_folds(label, cells, folds), _fmt(dice), f"{mib:.2f}",
@@ -517,7 +517,7 @@ def write_loco_report(run_dirs: Sequence[Path], out: Path, paper: str | None = N
     plot_dice_against_traffic(cells, out / "dice_against_traffic.png")
     protocols = sorted({c["evaluation"]["protocol"] for c in cells})
     note = (f"Dice and IoU in % on each unseen client (leave-one-client-out), metric protocol: "
-            f"{', '.join(protocols)}; {sum(len(_runs(c)) for c in cells)} runs.")
+            f"{', '.join(protocols)}; {sum(len(cell_runs(c)) for c in cells)} runs.")
     if paper:
         note += " Rows marked (paper) are the FedFMS paper's Table 1, reference protocol."
     local = any(local_site(c["name"]) for c in cells)

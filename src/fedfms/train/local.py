@@ -74,21 +74,23 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def score(
     model: nn.Module,
     loader: DataLoader,
     class_names: Sequence[str],
     cfg: EvaluationConfig,
     device: torch.device,
     precision: str = "auto",
-) -> dict[str, float | int | list[float]]:
-    """Dice and IoU of ``model`` on ``loader`` (see :mod:`fedfms.train.metrics` for the reductions)."""
+) -> ScoreAccumulator:
+    """The scores of ``model`` on every batch of ``loader``, not yet reduced (see
+    :mod:`fedfms.train.metrics` for the reductions)."""
     model.to(device).eval()
     dtype = resolve_precision(precision, device)
     scores = ScoreAccumulator(class_names, cfg.protocol, cfg.threshold)
     for batch in loader:
         with autocast(device, dtype):
             logits = predict_batch(model, batch, device)
-        scores.add(logits.float(), batch["mask"], batch.get("case"))
+        scores.add(logits.float(), batch["mask"], batch.get("case"), batch.get("id"))
     model.train()
-    return scores.summary()
+    return scores
+

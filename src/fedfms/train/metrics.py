@@ -109,17 +109,21 @@ class ScoreAccumulator:
     _dice: list[torch.Tensor] = field(default_factory=list)
     _iou: list[torch.Tensor] = field(default_factory=list)
     _case_counts: dict[str, torch.Tensor] = field(default_factory=dict)
+    _ids: list[str] = field(default_factory=list)
     _images: int = 0
 
-    def add(self, logits: torch.Tensor, masks: torch.Tensor, cases: Sequence[str] | None = None) -> None:
+    def add(self, logits: torch.Tensor, masks: torch.Tensor, cases: Sequence[str] | None = None,
+            ids: Sequence[str] | None = None) -> None:
         """Score a batch: logits and masks (B, C, H, W); ``cases``: the B case ids (needed by the
-        ``case`` protocol)."""
+        ``case`` protocol); ``ids``: the B image ids (needed by :meth:`per_unit` with the
+        other protocols)."""
         logits, masks = logits.detach().float().cpu(), masks.cpu()
         self._images += logits.shape[0]
         if self.protocol != "case":
             dice, iou = image_scores(logits, masks, self.protocol, self.threshold)
             self._dice.append(dice)
             self._iou.append(iou)
+            self._ids.extend(ids or [])
             return
         if logits.shape != masks.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ in shape")
@@ -143,6 +147,19 @@ class ScoreAccumulator:
         dice = torch.where(empty, 1.0, 2 * inter / (pred + target).clamp_min(1))
         iou = torch.where(empty, 1.0, inter / union.clamp_min(1))
         return dice, iou
+
+    def per_unit(self) -> dict[str, float]:
+        """The Dice of each scored unit, mean over classes: of each case with the ``case``
+        protocol, else of each image by the ids given to :meth:`add`. Their mean is the
+        summary's ``dice``."""
+        scores = self._scores()
+        if scores is None:
+            return {}
+        units = list(self._case_counts) if self.protocol == "case" else self._ids
+        if len(units) != scores[0].shape[0]:
+            raise ValueError(f"scores per image need one image id per image: {scores[0].shape[0]} images, "
+                             f"{len(units)} ids")
+        return {unit: float(dice) for unit, dice in zip(units, scores[0].mean(1))}
 
     def summary(self) -> dict[str, float | int | list[float]]:
         """Means over images (cases); an empty accumulator gives NaN scores and ``images`` 0."""

@@ -26,7 +26,8 @@ from fedfms.data.manifest import IMAGES_DIR, MASKS_DIR
 from fedfms.errors import FedfmsError
 from fedfms.train.device import resolve_device, resolve_precision
 from fedfms.train.embeddings import cached_embeddings, default_cache_root
-from fedfms.train.local import evaluate, make_loader
+from fedfms.train.local import make_loader, score
+from fedfms.train.metrics import ScoreAccumulator
 
 
 class SiteError(FedfmsError, RuntimeError):
@@ -120,17 +121,24 @@ def check_site_files(site: Site) -> None:
         read_array(site.directory / MASKS_DIR / f"{record.id}.npy", (m.num_classes, m.mask_size, m.mask_size))
 
 
-def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
-    """Scores of ``model`` on a site: all its data if it is the unseen client, else its
-    validation split. Returns ``split`` plus the keys of :meth:`ScoreAccumulator.summary`."""
+def site_scores(model: nn.Module, site: Site, config: RunConfig,
+                model_cfg: ModelConfig | None = None) -> tuple[str, ScoreAccumulator]:
+    """The scores of ``model`` on a site, not yet reduced: on all its data if it is the unseen
+    client (split ``test``), else on its validation split (``val``); with the split's name."""
     model_cfg = model_cfg or config.model
     split = "test" if site.name == config.data.unseen else "val"
     inputs = site_inputs(site, "all" if split == "test" else "val", model, config, model_cfg)
     loader = make_loader(inputs, config.evaluation.batch_size, shuffle=False, seed=0,
                          num_workers=config.train.num_workers)
-    scores = evaluate(model, loader, site.manifest.class_names, config.evaluation,
-                      resolve_device(config.train.device, "train.device"), config.train.precision)
-    return {"split": split, **scores}
+    return split, score(model, loader, site.manifest.class_names, config.evaluation,
+                        resolve_device(config.train.device, "train.device"), config.train.precision)
+
+
+def score_site(model: nn.Module, site: Site, config: RunConfig, model_cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """Scores of ``model`` on a site (see :func:`site_scores`). Returns ``split`` plus the keys
+    of :meth:`ScoreAccumulator.summary`."""
+    split, scores = site_scores(model, site, config, model_cfg)
+    return {"split": split, **scores.summary()}
 
 
 def client_info(client: str, train: int, val: int, samples: int, unseen: str | None) -> dict[str, Any]:

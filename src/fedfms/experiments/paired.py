@@ -1,0 +1,120 @@
+"""Paired comparisons of two rows on the same unseen patients: is a difference of mean Dice
+more than a few patients?
+
+Each finished run's best model is scored again on its unseen client's data, one score per case
+(patient, volume) with the ``case`` protocol, per image with the others. This runs where the
+unseen site's data lies, like any evaluation: the per-case scores stay on this machine. A
+case's Dice in a row is its mean over the row's seeds. For each pair of rows the cases of the
+folds that both rows ran are paired, and the two-sided Wilcoxon signed-rank test (SciPy)
+says how likely a split of wins and losses at least this uneven is if neither row is better.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from fedfms.config import load_config
+from fedfms.errors import FedfmsError
+from fedfms.experiments.report import cell_runs, find_cells
+from fedfms.models import load_checkpoint
+from fedfms.train.sites import load_site, ordered_clients, site_scores
+
+logger = logging.getLogger("fedfms")
+
+
+class PairedError(FedfmsError):
+    """A pair that cannot be compared: a row without runs, or two rows without a common fold."""
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two rows on the same cases of the folds both ran: means and the median of the
+    per-case differences (first minus second) in Dice, how many cases each row scored higher
+    on, and the Wilcoxon signed-rank test's two-sided p-value (NaN where every case ties)."""
+
+    first: str
+    second: str
+    folds: tuple[str, ...]
+    cases: int
+    first_mean: float
+    second_mean: float
+    median_difference: float
+    first_higher: int
+    second_higher: int
+    p_value: float
+
+
+def case_dice(run_dir: Path) -> dict[str, float]:
+    """Dice (mean over classes) of each case of the run's unseen client under its best model,
+    by case id (by image id with the ``standard`` and ``paper`` protocols)."""
+    started = time.perf_counter()
+    config = load_config(run_dir / "config.yaml")
+    model, model_cfg = load_checkpoint(run_dir / "best_model")
+    folder = next(path for path in ordered_clients(config.data) if path.name == config.data.unseen)
+    _, scores = site_scores(model, load_site(folder, config), config, model_cfg)
+    dice = scores.per_unit()
+    logger.info("%s: %d %s of %s scored in %.1f s", run_dir, len(dice),
+                "cases" if config.evaluation.protocol == "case" else "images", folder.name,
+                time.perf_counter() - started)
+    return dice
+
+
+def paired_statistics(first: Sequence[float], second: Sequence[float]) -> tuple[float, int, int, float]:
+    """The median of ``first - second``, how many pairs each side is higher in, and the
+    two-sided Wilcoxon signed-rank p-value (exact for small samples; NaN if all pairs tie)."""
+    difference = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
+    p_value = math.nan if not difference.any() else float(wilcoxon(difference).pvalue)
+    return float(np.median(difference)), int((difference > 0).sum()), int((difference < 0).sum()), p_value
+
+
+def _row_case_dice(cells: list[dict], row: str) -> dict[str, dict[str, float]]:
+    """fold -> case -> Dice of ``row``, each case's mean over the row's seeds."""
+    per_fold = {}
+    for cell in (c for c in cells if c["name"] == row):
+        runs = [case_dice(Path(run["run_dir"])) for run in cell_runs(cell)]
+        per_fold[cell["unseen"]] = {case: float(np.mean([run[case] for run in runs])) for case in runs[0]}
+    return per_fold
+
+
+def compare_rows(run_dirs: Sequence[Path], pairs: Sequence[tuple[str, str]]) -> list[PairedComparison]:
+    """One :class:`PairedComparison` per pair of row names, from the finished runs under
+    ``run_dirs`` (each run scored once, however many pairs it is in)."""
+    cells = find_cells(run_dirs)
+    rows = {row for pair in pairs for row in pair}
+    missing = sorted(rows - {c["name"] for c in cells})
+    if missing:
+        raise PairedError(f"no finished run of {', '.join(missing)} under {', '.join(map(str, run_dirs))} "
+                          f"(rows found: {', '.join(sorted({c['name'] for c in cells}))})")
+    scores = {row: _row_case_dice(cells, row) for row in sorted(rows)}
+    comparisons = []
+    for first, second in pairs:
+        folds = tuple(fold for fold in scores[first] if fold in scores[second])
+        if not folds:
+            raise PairedError(f"{first} and {second} share no unseen client: {first} ran "
+                              f"{', '.join(scores[first])}, {second} ran {', '.join(scores[second])}")
+        keys = [(fold, case) for fold in folds for case in scores[first][fold] if case in scores[second][fold]]
+        a = [scores[first][fold][case] for fold, case in keys]
+        b = [scores[second][fold][case] for fold, case in keys]
+        comparisons.append(PairedComparison(first, second, folds, len(keys), float(np.mean(a)), float(np.mean(b)),
+                                            *paired_statistics(a, b)))
+    return comparisons
+
+
+def paired_table(comparisons: Sequence[PairedComparison]) -> str:
+    """A Markdown table of ``comparisons``, Dice in %."""
+    lines = ["| First | Second | unseen clients | cases | first Dice | second Dice | median difference | "
+             "first higher | second higher | Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        p_value = "–" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
+        lines.append(f"| {c.first} | {c.second} | {', '.join(c.folds)} | {c.cases} | {100 * c.first_mean:.2f} | "
+                     f"{100 * c.second_mean:.2f} | {100 * c.median_difference:+.2f} | {c.first_higher} | "
+                     f"{c.second_higher} | {p_value} |")
+    return "\n".join(lines)
