@@ -106,23 +106,23 @@ def test_case_protocol_scores_an_empty_case_predicted_empty_as_one_and_needs_cas
         image_scores(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), protocol="case")
 
 
-def test_per_unit_gives_each_case_or_image_whose_mean_is_the_summary():
+def test_per_case_pools_a_case_or_averages_its_images_and_needs_case_ids():
     truth = torch.zeros(4, 2, 4, 4)
     truth[:, :, :2, :] = 1
     pred = truth.clone()
     pred[1] = 0  # case a: one slice of two missed; case b: both right
-    cases, ids = ["a", "a", "b", "b"], ["a0", "a1", "b0", "b1"]
-    per_case = ScoreAccumulator(["x", "y"], protocol="case")
-    per_case.add(_logits(pred), truth, cases, ids)
-    assert per_case.per_unit() == pytest.approx({"a": 2 * 8 / (8 + 16), "b": 1.0})
-    assert sum(per_case.per_unit().values()) / 2 == pytest.approx(per_case.summary()["dice"])
+    cases = ["a", "a", "b", "b"]
+    pooled = ScoreAccumulator(["x", "y"], protocol="case")
+    pooled.add(_logits(pred), truth, cases)
+    assert pooled.per_case() == pytest.approx({"a": 2 * 8 / (8 + 16), "b": 1.0})
+    assert sum(pooled.per_case().values()) / 2 == pytest.approx(pooled.summary()["dice"])
     per_image = ScoreAccumulator(["x", "y"])
-    per_image.add(_logits(pred[:2]), truth[:2], cases[:2], ids[:2])
-    per_image.add(_logits(pred[2:]), truth[2:], cases[2:], ids[2:])
-    assert per_image.per_unit() == {"a0": 1.0, "a1": 0.0, "b0": 1.0, "b1": 1.0}
-    assert sum(per_image.per_unit().values()) / 4 == pytest.approx(per_image.summary()["dice"])
+    per_image.add(_logits(pred[:3]), truth[:3], cases[:3])  # case b spans two batches
+    per_image.add(_logits(pred[3:]), truth[3:], cases[3:])
+    assert per_image.per_case() == {"a": 0.5, "b": 1.0}
+    assert sum(per_image.per_case().values()) / 2 == pytest.approx(per_image.summary()["dice"])
     no_ids = ScoreAccumulator(["x", "y"])
     no_ids.add(_logits(pred), truth)
-    with pytest.raises(ValueError, match="one image id per image: 4 images, 0 ids"):
-        no_ids.per_unit()
-    assert ScoreAccumulator(["x"]).per_unit() == {}
+    with pytest.raises(ValueError, match="one case id per image: 4 images, 0 case ids"):
+        no_ids.per_case()
+    assert ScoreAccumulator(["x"]).per_case() == {}

@@ -1,8 +1,9 @@
 """Paired comparisons of two rows on the same unseen patients: is a difference of mean Dice
 more than a few patients?
 
-Each finished run's best model is scored again on its unseen client's data, one score per case
-(patient, volume) with the ``case`` protocol, per image with the others. This runs where the
+Each finished run's best model is scored again on its unseen client's data, one Dice per case
+(patient, volume, slide): pooled over its images with the ``case`` protocol, the mean of its
+images' Dice with the others, since a case's images are not independent. This runs where the
 unseen site's data lies, like any evaluation: the per-case scores stay on this machine. A
 case's Dice in a row is its mean over the row's seeds. For each pair of rows the cases of the
 folds that both rows ran are paired, and the two-sided Wilcoxon signed-rank test (SciPy)
@@ -54,16 +55,14 @@ class PairedComparison:
 
 def case_dice(run_dir: Path) -> dict[str, float]:
     """Dice (mean over classes) of each case of the run's unseen client under its best model,
-    by case id (by image id with the ``standard`` and ``paper`` protocols)."""
+    by case id (see :meth:`~fedfms.train.metrics.ScoreAccumulator.per_case`)."""
     started = time.perf_counter()
     config = load_config(run_dir / "config.yaml")
     model, model_cfg = load_checkpoint(run_dir / "best_model")
     folder = next(path for path in ordered_clients(config.data) if path.name == config.data.unseen)
     _, scores = site_scores(model, load_site(folder, config), config, model_cfg)
-    dice = scores.per_unit()
-    logger.info("%s: %d %s of %s scored in %.1f s", run_dir, len(dice),
-                "cases" if config.evaluation.protocol == "case" else "images", folder.name,
-                time.perf_counter() - started)
+    dice = scores.per_case()
+    logger.info("%s: %d cases of %s scored in %.1f s", run_dir, len(dice), folder.name, time.perf_counter() - started)
     return dice
 
 

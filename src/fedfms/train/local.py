@@ -90,7 +90,7 @@ def score(
     for batch in loader:
         with autocast(device, dtype):
             logits = predict_batch(model, batch, device)
-        scores.add(logits.float(), batch["mask"], batch.get("case"), batch.get("id"))
+        scores.add(logits.float(), batch["mask"], batch.get("case"))
     model.train()
     return scores
 

@@ -109,21 +109,19 @@ class ScoreAccumulator:
     _dice: list[torch.Tensor] = field(default_factory=list)
     _iou: list[torch.Tensor] = field(default_factory=list)
     _case_counts: dict[str, torch.Tensor] = field(default_factory=dict)
-    _ids: list[str] = field(default_factory=list)
+    _image_cases: list[str] = field(default_factory=list)
     _images: int = 0
 
-    def add(self, logits: torch.Tensor, masks: torch.Tensor, cases: Sequence[str] | None = None,
-            ids: Sequence[str] | None = None) -> None:
+    def add(self, logits: torch.Tensor, masks: torch.Tensor, cases: Sequence[str] | None = None) -> None:
         """Score a batch: logits and masks (B, C, H, W); ``cases``: the B case ids (needed by the
-        ``case`` protocol); ``ids``: the B image ids (needed by :meth:`per_unit` with the
-        other protocols)."""
+        ``case`` protocol and by :meth:`per_case`)."""
         logits, masks = logits.detach().float().cpu(), masks.cpu()
         self._images += logits.shape[0]
         if self.protocol != "case":
             dice, iou = image_scores(logits, masks, self.protocol, self.threshold)
             self._dice.append(dice)
             self._iou.append(iou)
-            self._ids.extend(ids or [])
+            self._image_cases.extend(cases or [])
             return
         if logits.shape != masks.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ in shape")
@@ -148,18 +146,25 @@ class ScoreAccumulator:
         iou = torch.where(empty, 1.0, inter / union.clamp_min(1))
         return dice, iou
 
-    def per_unit(self) -> dict[str, float]:
-        """The Dice of each scored unit, mean over classes: of each case with the ``case``
-        protocol, else of each image by the ids given to :meth:`add`. Their mean is the
-        summary's ``dice``."""
+    def per_case(self) -> dict[str, float]:
+        """The Dice of each case, mean over classes: with the ``case`` protocol the case's pooled
+        Dice, otherwise the mean over its images (the case ids given to :meth:`add`). Cases,
+        not images, are the independent units of a paired test: a patient's slices, a slide's
+        tiles go together. Their mean is the summary's ``dice`` with the ``case`` protocol, or
+        where every case has as many images."""
         scores = self._scores()
         if scores is None:
             return {}
-        units = list(self._case_counts) if self.protocol == "case" else self._ids
-        if len(units) != scores[0].shape[0]:
-            raise ValueError(f"scores per image need one image id per image: {scores[0].shape[0]} images, "
-                             f"{len(units)} ids")
-        return {unit: float(dice) for unit, dice in zip(units, scores[0].mean(1))}
+        per_unit = scores[0].mean(1)
+        if self.protocol == "case":
+            return {case: float(dice) for case, dice in zip(self._case_counts, per_unit)}
+        if len(self._image_cases) != len(per_unit):
+            raise ValueError(f"scores per case need one case id per image: {len(per_unit)} images, "
+                             f"{len(self._image_cases)} case ids")
+        by_case: dict[str, list[float]] = {}
+        for case, dice in zip(self._image_cases, per_unit.tolist()):
+            by_case.setdefault(case, []).append(dice)
+        return {case: sum(values) / len(values) for case, values in by_case.items()}
 
     def summary(self) -> dict[str, float | int | list[float]]:
         """Means over images (cases); an empty accumulator gives NaN scores and ``images`` 0."""
