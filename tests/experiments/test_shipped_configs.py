@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfms.config import ConfigError, load_config, load_experiment
+from fedfms.config import ConfigError, RunConfig, load_config, load_experiment
 from fedfms.experiments.matrix import cell_config, fold_rows, folds
 from fedfms.experiments.report import paper_table1
 
@@ -42,19 +42,36 @@ def test_a_typo_in_a_config_is_an_error_naming_file_and_key(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("name", ["nuclei_litemedsam", "nuclei_litemedsam_msa", "brain_lgg_litemedsam"])
-def test_litemedsam_matrices_build_pretrained_and_random_cells(name):
+def _fold_cells(name: str) -> dict[str, RunConfig]:
     experiment = load_experiment(CONFIGS / f"{name}.yaml")
     unseen = folds(experiment)[0]
-    cells = {m: cell_config(experiment, m, unseen) for m in fold_rows(experiment, unseen)}
+    return {m: cell_config(experiment, m, unseen) for m in fold_rows(experiment, unseen)}
+
+
+@pytest.mark.parametrize("name", ["nuclei_litemedsam", "brain_lgg_litemedsam"])
+def test_decoder_matrices_build_pretrained_and_random_cells(name):
+    cells = _fold_cells(name)
     sam = {m: c for m, c in cells.items() if c.model.arch == "sam"}
     assert all(c.model.backbone == "litemedsam" and c.model.image_size == 256 for c in sam.values())
     assert all(c.model.uses_pretrained == (not m.endswith("-PT")) for m, c in sam.items())
-    assert {c.model.mode for c in sam.values()} == ({"msa"} if name.endswith("msa") else {"decoder"})
+    assert {c.model.mode for c in sam.values()} == {"decoder"}
     baselines = {m: c.model.arch for m, c in cells.items() if m not in sam}
-    assert baselines == ({} if name.endswith("msa") else {"FedU-Net": "unet"})  # from scratch, at the same size
+    assert baselines == {"FedU-Net": "unet"}  # from scratch, at the same size
     assert all(cells[m].model.image_size == 256 for m in baselines)
-    budgets = {(c.federation.rounds, c.train.local_epochs) for c in cells.values()}
+
+
+ENCODER_MODES = {"FedSAM": "sam", "SAM": "sam", "FedMSA": "msa", "MSA": "msa", "FedMSA-PT": "msa",
+                 "FedLoRA": "lora", "LoRA": "lora"}
+
+
+@pytest.mark.parametrize(("fold", "matrix"), [("nuclei_litemedsam_prostate_fold", "nuclei_litemedsam"),
+                                              ("brain_lgg_litemedsam_fg_fold", "brain_lgg_litemedsam")])
+def test_encoder_folds_train_each_adapter_on_the_budget_of_their_dataset(fold, matrix):
+    cells = _fold_cells(fold)
+    assert {m: cells[m].model.mode for m in ENCODER_MODES} == ENCODER_MODES
+    assert all(cells[m].model.uses_pretrained == (not m.endswith("-PT")) for m in ENCODER_MODES)
+    assert cells["FednnU-Net"].model.arch == "nnunet" and cells["FednnU-Net"].federation.rounds > 1
+    budgets = {(c.federation.rounds, c.train.local_epochs) for c in [*cells.values(), *_fold_cells(matrix).values()]}
     assert len(budgets) == 1  # the same rounds and local epochs for every row of a dataset
 
 

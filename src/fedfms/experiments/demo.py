@@ -25,6 +25,7 @@ from fedfms.errors import FedfmsError
 from fedfms.experiments.matrix import run_matrix
 from fedfms.experiments.report import load_results, plot_dice_per_round, plot_overlays, row_order, write_table
 from fedfms.models import load_checkpoint
+from fedfms.run.best import BEST_MODEL
 from fedfms.run.log import write_json
 from fedfms.run.mlflow_tracking import attach_artifacts
 from fedfms.train.sites import check_unseen
@@ -117,7 +118,7 @@ def _unseen_predictions(run_dirs: dict[str, Path], unseen_dir: Path, count: int 
     truths (N, C, M, M) and each run's best-model prediction (N, C, M, M) at sigmoid > 0.5."""
     predictions, images, truths = {}, None, None
     for label, run_dir in run_dirs.items():
-        model, cfg = load_checkpoint(run_dir / "best_model")
+        model, cfg = load_checkpoint(run_dir / BEST_MODEL)
         model.eval()
         dataset = ClientDataset(unseen_dir, image_size=cfg.image_size, mask_size=cfg.mask_size)
         picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)

@@ -26,6 +26,7 @@ from fedfms.config import load_config
 from fedfms.errors import FedfmsError
 from fedfms.experiments.report import cell_runs, find_cells
 from fedfms.models import load_checkpoint
+from fedfms.run.best import BEST_MODEL
 from fedfms.train.sites import load_site, ordered_clients, site_scores
 
 logger = logging.getLogger("fedfms")
@@ -58,7 +59,7 @@ def case_dice(run_dir: Path) -> dict[str, float]:
     by case id (see :meth:`~fedfms.train.metrics.ScoreAccumulator.per_case`)."""
     started = time.perf_counter()
     config = load_config(run_dir / "config.yaml")
-    model, model_cfg = load_checkpoint(run_dir / "best_model")
+    model, model_cfg = load_checkpoint(run_dir / BEST_MODEL)
     folder = next(path for path in ordered_clients(config.data) if path.name == config.data.unseen)
     _, scores = site_scores(model, load_site(folder, config), config, model_cfg)
     dice = scores.per_case()

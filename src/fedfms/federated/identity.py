@@ -27,6 +27,9 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 
+CLIENTS_FILE = "clients.json"
+"""The run's record of who took part: site, role, sample counts and the key each node served with."""
+
 
 class NodeWithKey(Protocol):
     node_id: int
@@ -57,7 +60,7 @@ def node_keys(grid) -> dict[int, str]:
 
 def previous_keys(run_dir: Path) -> dict[str, str]:
     """The site -> key bindings of an earlier start of this run (its ``clients.json``)."""
-    path = run_dir / "clients.json"
+    path = run_dir / CLIENTS_FILE
     if not path.is_file():
         return {}
     return {str(c["client"]): str(c["key"]) for c in json.loads(path.read_text()) if c.get("key")}

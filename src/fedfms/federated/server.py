@@ -31,7 +31,7 @@ from fedfms.config import RunConfig
 from fedfms.errors import FedfmsError
 from fedfms.federated import protocol as P
 from fedfms.federated.exchange import exchange
-from fedfms.federated.identity import node_keys, previous_keys, refusal
+from fedfms.federated.identity import CLIENTS_FILE, node_keys, previous_keys, refusal
 from fedfms.federated.secure import secure_round
 from fedfms.federated.strategy import make_strategy, restore_strategy_tensors, strategy_tensors, train_content
 from fedfms.federated.wire import (
@@ -46,6 +46,8 @@ from fedfms.federated.wire import (
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
 from fedfms.nnunet.fingerprint import SiteFingerprint
 from fedfms.privacy.budget import RunPrivacy
+from fedfms.run.best import BEST_MODEL
+from fedfms.run.log import write_json
 from fedfms.run.tracker import RESUME_CLI, RunTracker
 from fedfms.train.planning import needs_plan, plan_from_fingerprints, with_plan
 from fedfms.train.sites import client_info
@@ -449,7 +451,7 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path, expected_nodes:
     final_rows = tracker.final_rows(sorted(n.client for n in nodes), lambda missing: _evaluate(
         grid, [n for n in nodes if n.client in missing], to_record(best), config, tracker.best_round or 0, timeout)[0])
     load_trainable_state(model, best)
-    save_checkpoint(run_dir / "best_model", model, config.model, {"round": str(tracker.best_round),
+    save_checkpoint(run_dir / BEST_MODEL, model, config.model, {"round": str(tracker.best_round),
                     "class_names": ",".join(nodes[0].class_names)})
     return tracker.finish(final_rows, nodes[0].class_names, {
         "trainable_parameters": sum(v.numel() for v in best.values()),
@@ -464,4 +466,4 @@ def write_nodes(run_dir: Path, nodes: list[Node], config: RunConfig) -> None:
     """Who took part: client, role and sample counts (saved with the run)."""
     payload = [{"client": n.client, "role": "unseen" if n.client == config.data.unseen else "train",
                 "train": n.num_train, "val": n.num_val, "samples": n.num_samples, "key": n.key} for n in nodes]
-    (run_dir / "clients.json").write_text(json.dumps(payload, indent=2))
+    write_json(run_dir / CLIENTS_FILE, payload)

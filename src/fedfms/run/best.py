@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+BEST_MODEL = "best_model"
+"""The folder of a run that holds the best round's checkpoint (see :mod:`fedfms.models.checkpoint`)."""
+
 RULE = ("highest mean validation Dice of the training clients; each round is compared with the best round so far "
         "over the clients with a validation score in both rounds (best_compared_on in each round row)")
 

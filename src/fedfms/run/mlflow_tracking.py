@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfms.config import RunConfig
+from fedfms.run.best import BEST_MODEL
 
 logger = logging.getLogger("fedfms")
 RUN_ID_FILE = "mlflow_run.json"
@@ -188,8 +189,8 @@ class MlflowRun:
             for name in ARTIFACTS:
                 if (self.run_dir / name).exists():
                     self.client.log_artifact(self.run_id, str(self.run_dir / name))
-            if (self.run_dir / "best_model").is_dir():
-                self.client.log_artifacts(self.run_id, str(self.run_dir / "best_model"), "best_model")
+            if (self.run_dir / BEST_MODEL).is_dir():
+                self.client.log_artifacts(self.run_id, str(self.run_dir / BEST_MODEL), BEST_MODEL)
             with tempfile.TemporaryDirectory() as scratch:
                 plot = Path(scratch) / "dice_per_round.png"
                 plot_dice_per_round([self.run_dir], [self.run_dir.name], plot)

@@ -11,6 +11,7 @@ import torch
 
 from fedfms.config import RunConfig
 from fedfms.models import build_model, load_trainable_state, save_checkpoint, trainable_state
+from fedfms.run.best import BEST_MODEL
 from fedfms.run.lock import run_lock
 from fedfms.run.tracker import RunTracker
 from fedfms.train.device import resolve_device
@@ -65,7 +66,7 @@ def _train(config: RunConfig, resume: bool) -> dict[str, Any]:
     load_trainable_state(model, tracker.best_trainable())
     final_rows = tracker.final_rows([s.name for s in sites], lambda missing: _eval_rows(
         model, [s for s in sites if s.name in missing], config, tracker.best_round or 0))
-    save_checkpoint(config.output_dir / "best_model", model.cpu(), config.model, {"round": str(tracker.best_round),
+    save_checkpoint(config.output_dir / BEST_MODEL, model.cpu(), config.model, {"round": str(tracker.best_round),
                     "class_names": ",".join(sites[0].manifest.class_names)})
     return tracker.finish(final_rows, sites[0].manifest.class_names, {
         "trainable_parameters": sum(v.numel() for v in trainable_state(model).values()),
