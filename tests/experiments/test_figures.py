@@ -82,6 +82,20 @@ def test_a_local_row_keeps_its_colour_in_every_fold_and_every_row_is_in_the_lege
     assert legend == ["FedDecoder", "Local-A", "Local-B", "Local-C", "best round (scored in the table)"]
 
 
+def test_thirteen_rows_get_thirteen_colours_in_every_plot(tmp_path):
+    """The brain-MRI FG fold has 13 rows; matplotlib's 10-colour cycle drew FednnU-Net in
+    FedDecoder's blue."""
+    names = ["FedDecoder", "Decoder", "FedDecoder-PT", "FedSAM", "SAM", "FedMSA", "MSA", "FedMSA-PT", "FedLoRA",
+             "FedU-Net", "FednnU-Net", "Local-DU", "Local-HT"]
+    cells = [_cell(tmp_path, n, "FG", [0.1 + k / 100, 0.2], 2) for k, n in enumerate(names)]
+    curves = plot_unseen_dice(cells, tmp_path / "curves.png").axes[0]
+    assert len({to_hex(line.get_color()) for line in curves.get_lines() if not line.get_label().startswith("_")}) == 13
+    bars = plot_client_bars(cells, tmp_path / "bars.png").axes[0]
+    assert len({to_hex(bar.get_facecolor()) for bar in bars.patches}) == 13
+    traffic = plot_dice_against_traffic(cells, tmp_path / "traffic.png").axes[0]
+    assert len({to_hex(line.get_color()) for line in traffic.get_lines()}) == 13
+
+
 def test_every_bar_is_labelled_with_its_value_a_zero_too(tmp_path):
     cells = [_cell(tmp_path, "FedDecoder", "cvc", [0.42], 1), _cell(tmp_path, "FedDecoder-PT", "cvc", [0.0], 1)]
     ax = plot_client_bars(cells, tmp_path / "bars.png").axes[0]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -373,6 +374,13 @@ def _score_cells(per_client: list[list[tuple[float, float]]], average: bool) -> 
     return [_fmt(v) for client in per_client for pair in client for v in pair]
 
 
+def row_colour(index: int, rows: int) -> tuple[float, float, float, float]:
+    """The colour of the ``index``-th of ``rows`` rows in every plot: matplotlib's ten-colour
+    cycle while it is enough, else ``tab20``'s twenty, so no two rows of a matrix share one."""
+    palette = colormaps["tab10" if rows <= 10 else "tab20"]
+    return palette(index % palette.N)
+
+
 def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     """One panel per unseen client: its Dice per round under each model (a model keeps its
     colour in every panel), the best round starred."""
@@ -382,7 +390,7 @@ def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     for ax, client in zip(axes, clients):
         for cell in sorted((c for c in cells if c["unseen"] == client), key=lambda c: order.index(c["name"])):
             rows = [r for r in read_rows(Path(cell["run_dir"])) if r["kind"] == "eval" and r["client"] == client]
-            colour = f"C{order.index(cell['name']) % 10}"
+            colour = row_colour(order.index(cell["name"]), len(order))
             ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, color=colour,
                     label=cell["name"])
             _mark_best(ax, rows, cell["best_round"], colour)
@@ -464,7 +472,7 @@ def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Fi
     fig = Figure(figsize=(7.5, 4))
     ax = fig.subplots()
     for k, (_, mib, dice) in enumerate(points):
-        ax.plot([mib], [dice], "o", ms=5, color=f"C{k % 10}")
+        ax.plot([mib], [dice], "o", ms=5, color=row_colour(k, len(points)))
     low, high = ax.get_ylim()
     gap = 0.07 * (high - low)  # a label line (8 pt in this figure's 4 in) in Dice points, with room
     shift = 0.02 * max([1.0, *(m for _, m, _ in points)])  # labels start right of their point
@@ -492,7 +500,7 @@ def plot_client_bars(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         bars = ax.bar(np.arange(len(clients)) + i * width, [dice.get((label, c), np.nan) for c in clients], width,
-                      label=label)
+                      label=label, color=row_colour(i, len(labels)))
         ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     ax.set_xticks(np.arange(len(clients)) + 0.4 - width / 2, clients)
     ax.set_ylabel("Dice (unseen client)")
