@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fedfms.cli import app
 from fedfms.config import DataConfig, EvaluationConfig, FederationConfig, ModelConfig, RunConfig, TrainConfig
 from fedfms.data import make_synthetic_federation
-from fedfms.experiments.paired import PairedError, compare_rows, paired_statistics, paired_table
+from fedfms.experiments.paired import CASE_SCORES, PairedError, case_dice, compare_rows, paired_statistics, paired_table
 from fedfms.train.centralized import train_centralized
 
 
@@ -64,6 +64,22 @@ def test_rows_are_compared_on_the_unseen_patients_with_seeds_averaged(two_rows):
     assert math.isnan(comparison.p_value) or 0 < comparison.p_value <= 1
     table = paired_table([comparison])
     assert "| RowA | RowB | site-C | 3 |" in table and f"{100 * comparison.first_mean:.2f}" in table
+
+
+def test_per_case_scores_are_kept_in_the_run_and_rescored_when_their_key_changes(two_rows):
+    root, _ = two_rows
+    run = root / "RowB" / "site-C"
+    scored = case_dice(run)
+    kept = json.loads((run / CASE_SCORES).read_text())
+    assert kept["client"] == "site-C" and kept["dice"] == pytest.approx(scored) and len(kept["dice"]) == 3
+    # a second table reads the kept scores instead of scoring again ...
+    case = next(iter(scored))
+    (run / CASE_SCORES).write_text(json.dumps(kept | {"dice": kept["dice"] | {case: 0.123}}))
+    assert case_dice(run)[case] == 0.123
+    # ... and scores again where the model, configuration or data they were kept for changed
+    (run / CASE_SCORES).write_text(json.dumps(kept | {"key": "another model", "dice": {case: 0.123}}))
+    assert case_dice(run) == pytest.approx(scored)
+    assert json.loads((run / CASE_SCORES).read_text())["key"] == kept["key"]
 
 
 def test_a_row_without_runs_and_a_bad_pair_are_refused_by_name(two_rows):

@@ -4,14 +4,18 @@ more than a few patients?
 Each finished run's best model is scored again on its unseen client's data, one Dice per case
 (patient, volume, slide): pooled over its images with the ``case`` protocol, the mean of its
 images' Dice with the others, since a case's images are not independent. This runs where the
-unseen site's data lies, like any evaluation: the per-case scores stay on this machine. A
-case's Dice in a row is its mean over the row's seeds. For each pair of rows the cases of the
+unseen site's data lies, like any evaluation: the per-case scores stay on this machine, kept in
+the run's folder (``unseen_case_dice.json``) with a digest of what they depend on, so a later
+table rescores only runs whose best model, configuration or unseen data changed. A case's Dice
+in a row is its mean over the row's seeds. For each pair of rows the cases of the
 folds that both rows ran are paired, and the two-sided Wilcoxon signed-rank test (SciPy)
 says how likely a split of wins and losses at least this uneven is if neither row is better.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -23,13 +27,19 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from fedfms.config import load_config
+from fedfms.data.manifest import MANIFEST_NAME
 from fedfms.errors import FedfmsError
 from fedfms.experiments.report import cell_runs, find_cells
+from fedfms.io import describe
 from fedfms.models import load_checkpoint
+from fedfms.models.checkpoint import CONFIG_FILE
 from fedfms.run.best import BEST_MODEL
+from fedfms.run.log import write_json
 from fedfms.train.sites import load_site, ordered_clients, site_scores
 
 logger = logging.getLogger("fedfms")
+
+CASE_SCORES = "unseen_case_dice.json"
 
 
 class PairedError(FedfmsError):
@@ -54,16 +64,45 @@ class PairedComparison:
     p_value: float
 
 
+def _scores_key(run_dir: Path, client_dir: Path) -> str:
+    """Digest of the run's configuration, its best model's description (which holds the digest
+    of its weights) and the unseen client's manifest: what a run's per-case scores depend on."""
+    digest = hashlib.sha256()
+    for path in (run_dir / "config.yaml", run_dir / BEST_MODEL / CONFIG_FILE, client_dir / MANIFEST_NAME):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _kept_scores(path: Path, key: str) -> dict[str, float] | None:
+    """The per-case Dice kept in ``path`` if it was written for ``key``; None otherwise (no file,
+    another key, or a file that is not what this module writes)."""
+    try:
+        kept = json.loads(path.read_text())
+        return {str(case): float(dice) for case, dice in kept["dice"].items()} if kept["key"] == key else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def case_dice(run_dir: Path) -> dict[str, float]:
     """Dice (mean over classes) of each case of the run's unseen client under its best model,
-    by case id (see :meth:`~fedfms.train.metrics.ScoreAccumulator.per_case`)."""
-    started = time.perf_counter()
+    by case id (see :meth:`~fedfms.train.metrics.ScoreAccumulator.per_case`); read from
+    ``run_dir/unseen_case_dice.json`` where it was kept for the same model, configuration and data."""
     config = load_config(run_dir / "config.yaml")
-    model, model_cfg = load_checkpoint(run_dir / BEST_MODEL)
     folder = next(path for path in ordered_clients(config.data) if path.name == config.data.unseen)
+    key = _scores_key(run_dir, folder)
+    kept = _kept_scores(run_dir / CASE_SCORES, key)
+    if kept is not None:
+        return kept
+    started = time.perf_counter()
+    model, model_cfg = load_checkpoint(run_dir / BEST_MODEL)
     _, scores = site_scores(model, load_site(folder, config), config, model_cfg)
     dice = scores.per_case()
     logger.info("%s: %d cases of %s scored in %.1f s", run_dir, len(dice), folder.name, time.perf_counter() - started)
+    try:
+        write_json(run_dir / CASE_SCORES, {"key": key, "client": folder.name, "dice": dice})
+    except OSError as err:
+        logger.warning("%s: the per-case scores are not kept (%s); the next table scores them again",
+                       run_dir, describe(err, run_dir / CASE_SCORES))
     return dice
 
 
