@@ -24,10 +24,12 @@ from fedfms.experiments.report import (
 from fedfms.run.log import RunLog
 
 
-def _cell(tmp_path, name, unseen, dice_per_round, best_round):
+def _cell(tmp_path, name, unseen, dice_per_round, best_round, mib=0.0):
     run_dir = tmp_path / name / unseen
     RunLog(run_dir).append({"kind": "eval", "round": r, "client": unseen, "role": "unseen", "dice": d}
                            for r, d in enumerate(dice_per_round, start=1))
+    if mib:
+        RunLog(run_dir).append([{"kind": "train", "round": 1, "client": "site-A", "bytes_received": mib * 2**20}])
     dice = dice_per_round[best_round - 1]
     return {"name": name, "unseen": unseen, "class_names": ["polyp"], "best_round": best_round,
             "run_dir": str(run_dir), "clients": {unseen: {"dice": dice, "iou": dice / 2, "dice_per_class": [dice],
@@ -160,3 +162,24 @@ def test_labels_of_rows_with_the_same_traffic_and_close_dice_do_not_overlap(tmp_
     names = sorted(boxes)
     assert not any(boxes[a].overlaps(boxes[b]) for i, a in enumerate(names) for b in names[i + 1:])
     assert boxes["Decoder"].y0 > boxes["Local-kidney"].y0 > boxes["Local-prostate"].y0  # still in Dice order
+
+
+def test_traffic_labels_cover_no_other_label_and_no_point(tmp_path):
+    """The brain-MRI FG fold's rows: "SAM" at 0 MiB was drawn over FedU-Net's point at 6.2 MiB."""
+    rows = {"FedSAM": (61.27, 37.41), "FedMSA": (44.57, 17.05), "FedMSA-PT": (6.34, 17.05),
+            "FedLoRA": (39.03, 15.76), "MSA": (44.67, 0), "SAM": (59.20, 0), "FedDecoder": (21.41, 15.53),
+            "Decoder": (26.14, 0), "FedDecoder-PT": (10.41, 15.53), "FedU-Net": (58.93, 6.24),
+            "FednnU-Net": (62.20, 127.71), "Local-DU": (8.76, 0), "Local-HT": (18.24, 0)}
+    cells = [_cell(tmp_path, name, "FG", [dice / 100], 1, mib) for name, (dice, mib) in rows.items()]
+    fig = plot_dice_against_traffic(cells, tmp_path / "fg.png")
+    fig.canvas.draw()  # measured at the figure's own dpi, not savefig's
+    ax = fig.axes[0]
+    boxes = {t.get_text(): Text.get_window_extent(t) for t in ax.texts}
+    assert set(boxes) == set(rows)
+    names = sorted(boxes)
+    assert not [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if boxes[a].overlaps(boxes[b])]
+    points = ax.transData.transform([(mib, dice) for dice, mib in rows.values()])
+    assert not [(name, tuple(point)) for name, box in boxes.items() for point in points
+                if box.expanded(1.0, 1.0).padded(3).contains(*point)]
+    frame = ax.get_window_extent()
+    assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 for box in boxes.values())  # inside the axes

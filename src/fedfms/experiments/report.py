@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -457,34 +458,68 @@ def seeds_table(cells: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
     return ["Model", "unseen", "seeds", "unseen Dice % per seed", "mean", "sd"], rows
 
 
-def _spread_downwards(ys: Sequence[float], gap: float) -> list[float]:
-    """Label heights for points at ``ys`` (sorted high to low) beside one another: each at its
-    point, or ``gap`` below the label above it where they would overlap."""
-    spread: list[float] = []
-    for y in ys:
-        spread.append(min(y, spread[-1] - gap) if spread else y)
-    return spread
+Box = tuple[float, float, float, float]  # x0, x1, y0, y1 in data units
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _place_labels(points: Sequence[tuple[str, float, float]], sizes: dict[str, tuple[float, float]],
+                  marker: tuple[float, float], shift: float, ylim: tuple[float, float]) -> list[float]:
+    """The height of each point's label (``points``: label, x, y, highest y first), starting
+    ``shift`` right of its point: at its point's height where it covers no label placed before it
+    and no marker, else the nearest free line below, else above, inside ``ylim``. ``sizes``:
+    each label's (width, height), ``marker``: half a marker's (width, height), in data units."""
+    markers = [(x - marker[0], x + marker[0], y - marker[1], y + marker[1]) for _, x, y in points]
+    placed: list[Box] = []
+    heights = []
+    for label, x, y in points:
+        width, height = sizes[label]
+        below = [y - k * height for k in range(len(points) + 1) if y - (k + 0.5) * height >= ylim[0]]
+        above = [y + k * height for k in range(1, len(points) + 1) if y + (k + 0.5) * height <= ylim[1]]
+        boxes = [(x + shift, x + shift + width, h - height / 2, h + height / 2) for h in below + above]
+        free = [b for b in boxes if not any(_overlaps(b, other) for other in placed + markers)]
+        box = free[0] if free else (x + shift, x + shift + width, y - height / 2, y + height / 2)
+        placed.append(box)
+        heights.append((box[2] + box[3]) / 2)
+    return heights
 
 
 def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
-    """One point per row: its unseen Dice (mean over folds) against the MiB a site sends per round."""
+    """One point per row: its unseen Dice (mean over folds) against the MiB a site sends per
+    round. Each label sits right of its point, or on the nearest line below (else above) that
+    covers no other label and no point, with a leader line then."""
     points = [(label, float(mib), float(dice)) for label, dice, mib, _ in cost_table(cells)[1] if dice != "–"]
     fig = Figure(figsize=(7.5, 4))
     ax = fig.subplots()
     for k, (_, mib, dice) in enumerate(points):
         ax.plot([mib], [dice], "o", ms=5, color=row_colour(k, len(points)))
-    low, high = ax.get_ylim()
-    gap = 0.07 * (high - low)  # a label line (8 pt in this figure's 4 in) in Dice points, with room
-    shift = 0.02 * max([1.0, *(m for _, m, _ in points)])  # labels start right of their point
-    for mib in dict.fromkeys(m for _, m, _ in points):
-        column = sorted((p for p in points if p[1] == mib), key=lambda p: -p[2])
-        for (label, _, dice), text_y in zip(column, _spread_downwards([d for _, _, d in column], gap)):
-            leader = {"arrowstyle": "-", "lw": 0.5, "color": "grey"} if text_y != dice else None
-            ax.annotate(label, (mib, dice), xytext=(mib + shift, text_y), fontsize=8, va="center", arrowprops=leader)
     ax.set_xlabel("MiB a site sends per round (0: nothing travels)")
     ax.set_ylabel("unseen Dice % (mean over folds)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    if not points:
+        fig.savefig(path, dpi=130)
+        return fig
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    extents = {label: ax.text(0, 0, label, fontsize=8).get_window_extent(renderer) for label, _, _ in points}
+    for text in list(ax.texts):
+        text.remove()
+    frame = ax.get_window_extent(renderer)
+    shift = 0.02 * max([1.0, *(m for _, m, _ in points)])  # labels start right of their point
+    left, _ = ax.get_xlim()  # widen the axes to the right so that the rightmost label stays inside
+    share = min(0.5, max(e.width for e in extents.values()) / frame.width)
+    ax.set_xlim(left, (max(m for _, m, _ in points) + shift - share * left) / (1 - share))
+    x_per_pixel = np.diff(ax.get_xlim())[0] / frame.width
+    y_per_pixel = np.diff(ax.get_ylim())[0] / frame.height
+    pad = 3  # pixels of room around a label
+    sizes = {label: ((e.width + pad) * x_per_pixel, (e.height + pad) * y_per_pixel) for label, e in extents.items()}
+    marker = (4 * x_per_pixel, 4 * y_per_pixel)  # half of a 5 pt marker in pixels, with room
+    order = sorted(points, key=lambda p: -p[2])
+    for (label, mib, dice), text_y in zip(order, _place_labels(order, sizes, marker, shift, ax.get_ylim())):
+        leader = None if text_y == dice else {"arrowstyle": "-", "lw": 0.5, "color": "grey"}
+        ax.annotate(label, (mib, dice), xytext=(mib + shift, text_y), fontsize=8, va="center", arrowprops=leader)
     fig.savefig(path, dpi=130)
     return fig
 
