@@ -474,41 +474,30 @@ def _place_labels(points: Sequence[tuple[str, float, float]], sizes: dict[str, t
     markers = [(x - marker[0], x + marker[0], y - marker[1], y + marker[1]) for _, x, y in points]
     placed: list[Box] = []
     heights = []
-    for label, x, y in points:
+    for index, (label, x, y) in enumerate(points):
         width, height = sizes[label]
         below = [y - k * height for k in range(len(points) + 1) if y - (k + 0.5) * height >= ylim[0]]
         above = [y + k * height for k in range(1, len(points) + 1) if y + (k + 0.5) * height <= ylim[1]]
         boxes = [(x + shift, x + shift + width, h - height / 2, h + height / 2) for h in below + above]
-        free = [b for b in boxes if not any(_overlaps(b, other) for other in placed + markers)]
+        others = placed + markers[:index] + markers[index + 1:]  # its own point lies left of it
+        free = [b for b in boxes if not any(_overlaps(b, other) for other in others)]
         box = free[0] if free else (x + shift, x + shift + width, y - height / 2, y + height / 2)
         placed.append(box)
         heights.append((box[2] + box[3]) / 2)
     return heights
 
 
-def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
-    """One point per row: its unseen Dice (mean over folds) against the MiB a site sends per
-    round. Each label sits right of its point, or on the nearest line below (else above) that
-    covers no other label and no point, with a leader line then."""
-    points = [(label, float(mib), float(dice)) for label, dice, mib, _ in cost_table(cells)[1] if dice != "–"]
-    fig = Figure(figsize=(7.5, 4))
-    ax = fig.subplots()
-    for k, (_, mib, dice) in enumerate(points):
-        ax.plot([mib], [dice], "o", ms=5, color=row_colour(k, len(points)))
-    ax.set_xlabel("MiB a site sends per round (0: nothing travels)")
-    ax.set_ylabel("unseen Dice % (mean over folds)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if not points:
-        fig.savefig(path, dpi=130)
-        return fig
-    renderer = FigureCanvasAgg(fig).get_renderer()
+def _label_points(ax, points: Sequence[tuple[str, float, float]]) -> None:
+    """Label each point (label, MiB, Dice) of ``ax`` right of it, or on the nearest line below
+    (else above) that covers no other label and no point, with a leader line then; the axes
+    widen to the right so that the rightmost label stays inside them."""
+    renderer = FigureCanvasAgg(ax.figure).get_renderer()
     extents = {label: ax.text(0, 0, label, fontsize=8).get_window_extent(renderer) for label, _, _ in points}
     for text in list(ax.texts):
         text.remove()
     frame = ax.get_window_extent(renderer)
     shift = 0.02 * max([1.0, *(m for _, m, _ in points)])  # labels start right of their point
-    left, _ = ax.get_xlim()  # widen the axes to the right so that the rightmost label stays inside
+    left, _ = ax.get_xlim()
     share = min(0.5, max(e.width for e in extents.values()) / frame.width)
     ax.set_xlim(left, (max(m for _, m, _ in points) + shift - share * left) / (1 - share))
     x_per_pixel = np.diff(ax.get_xlim())[0] / frame.width
@@ -520,6 +509,22 @@ def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Fi
     for (label, mib, dice), text_y in zip(order, _place_labels(order, sizes, marker, shift, ax.get_ylim())):
         leader = None if text_y == dice else {"arrowstyle": "-", "lw": 0.5, "color": "grey"}
         ax.annotate(label, (mib, dice), xytext=(mib + shift, text_y), fontsize=8, va="center", arrowprops=leader)
+
+
+def plot_dice_against_traffic(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
+    """One point per row: its unseen Dice (mean over folds) against the MiB a site sends per
+    round, each labelled clear of the other labels and points (:func:`_label_points`)."""
+    points = [(label, float(mib), float(dice)) for label, dice, mib, _ in cost_table(cells)[1] if dice != "–"]
+    fig = Figure(figsize=(7.5, 4))
+    ax = fig.subplots()
+    for k, (_, mib, dice) in enumerate(points):
+        ax.plot([mib], [dice], "o", ms=5, color=row_colour(k, len(points)))
+    ax.set_xlabel("MiB a site sends per round (0: nothing travels)")
+    ax.set_ylabel("unseen Dice % (mean over folds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if points:
+        _label_points(ax, points)
     fig.savefig(path, dpi=130)
     return fig
 
