@@ -1,8 +1,11 @@
 """The experiment matrix (model row x unseen client) with skip/resume, and its report."""
 
 import pytest
+import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from fedfms.cli import app
 from fedfms.config import ConfigError, ExperimentConfig
 from fedfms.data import make_synthetic_federation
 from fedfms.experiments.matrix import cell_config, run_matrix
@@ -67,3 +70,19 @@ def test_multi_class_table_has_a_column_per_class(tmp_path):
     assert rows[1][0] == "FedSAM (paper)" and rows[1][1:5] == ["86.90", "77.20", "87.30", "78.10"]
     rim = [{**cells[0], "class_names": ["rim", "cup"]}]  # the reference's disc channel is the rim
     assert loco_table(rim, paper="fundus")[1][1][1:5] == ["86.90", "77.20", "87.30", "78.10"]
+
+
+def test_rows_option_runs_only_the_rows_named_and_refuses_a_row_the_config_lacks(tmp_path):
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(_experiment(tmp_path, ["site-A"]).model_dump(mode="json")))
+
+    refused = CliRunner().invoke(app, ["experiment", "--config", str(config), "--rows", "LoRA"])
+    assert isinstance(refused.exception, ConfigError)  # fedfms.cli.main prints it as one line, exit 1
+    assert "LoRA not among the configuration's models (FedMSA-PT, MSA-PT)" in str(refused.exception)
+    assert not (tmp_path / "runs").exists()
+
+    ran = CliRunner().invoke(app, ["experiment", "--config", str(config), "--rows", "MSA-PT"])
+    assert ran.exit_code == 0, ran.output
+    assert (tmp_path / "runs" / "MSA-PT" / "site-A" / "results.json").exists()
+    assert not (tmp_path / "runs" / "FedMSA-PT").exists()
+    assert "| MSA-PT |" in (tmp_path / "runs" / "report" / "table.md").read_text()

@@ -90,6 +90,9 @@ def experiment_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Experiment configuration (YAML, see configs/).")],
     resume: Annotated[bool, typer.Option(help=_RESUME_HELP)] = False,
     rerun: Annotated[bool, typer.Option(help=_RERUN_HELP)] = False,
+    rows: Annotated[list[str] | None, typer.Option(
+        "--rows", help="Run only these rows of the configuration's models (repeat the option); the report "
+                       "still shows every finished row in OUTPUT_DIR.")] = None,
 ) -> None:
     """Run a dataset's matrix of models x unseen clients (the paper's Table 1); finished cells
     are skipped, interrupted ones resumed, and a finished cell whose settings changed is refused
@@ -97,10 +100,12 @@ def experiment_command(
     _one_way(resume, rerun)
     console_logging()
     from fedfms.config import load_experiment
-    from fedfms.experiments.matrix import run_matrix
+    from fedfms.experiments.matrix import only_rows, run_matrix
     from fedfms.experiments.report import write_loco_report
 
     experiment = load_experiment(config)
+    if rows:
+        experiment = only_rows(experiment, rows)
     run_matrix(experiment, resume=resume, rerun=rerun)
     typer.echo(write_loco_report([experiment.output_dir], experiment.output_dir / "report", experiment.paper))
 

@@ -219,6 +219,16 @@ def fold_rows(experiment: ExperimentConfig, unseen: str) -> list[str]:
             for expanded in ([f"{LOCAL}-{c}" for c in clients(experiment) if c != unseen] if label == LOCAL else [label])]
 
 
+def only_rows(experiment: ExperimentConfig, rows: list[str]) -> ExperimentConfig:
+    """``experiment`` with ``models`` cut down to ``rows`` (in the configuration's order), so that
+    some rows run without the others; each of ``rows`` must be one of ``models``."""
+    unknown = [row for row in rows if row not in experiment.models]
+    if unknown:
+        raise ConfigError(f"{experiment.name}: {', '.join(unknown)} not among the configuration's models "
+                          f"({', '.join(experiment.models)})")
+    return experiment.model_copy(update={"models": [m for m in experiment.models if m in rows]})
+
+
 def run_matrix(experiment: ExperimentConfig, resume: bool = False, rerun: bool = False) -> list[Path]:
     """Run every cell not finished yet; returns the cells' run folders. A finished cell whose
     stored configuration differs from the one asked is refused (:class:`StaleCellError`) before
