@@ -11,6 +11,7 @@ from PIL import Image
 
 from fedfms.experiments.report import (
     PREDICTION_COLOUR,
+    ROWS_PER_PANEL,
     TRUTH_COLOUR,
     cost_table,
     loco_table,
@@ -90,12 +91,34 @@ def test_thirteen_rows_get_thirteen_colours_in_every_plot(tmp_path):
     names = ["FedDecoder", "Decoder", "FedDecoder-PT", "FedSAM", "SAM", "FedMSA", "MSA", "FedMSA-PT", "FedLoRA",
              "FedU-Net", "FednnU-Net", "Local-DU", "Local-HT"]
     cells = [_cell(tmp_path, n, "FG", [0.1 + k / 100, 0.2], 2) for k, n in enumerate(names)]
-    curves = plot_unseen_dice(cells, tmp_path / "curves.png").axes[0]
-    assert len({to_hex(line.get_color()) for line in curves.get_lines() if not line.get_label().startswith("_")}) == 13
+    panels = plot_unseen_dice(cells, tmp_path / "curves.png").axes
+    assert len({to_hex(line.get_color()) for ax in panels for line in ax.get_lines()
+                if not line.get_label().startswith("_")}) == 13
     bars = plot_client_bars(cells, tmp_path / "bars.png").axes[0]
     assert len({to_hex(bar.get_facecolor()) for bar in bars.patches}) == 13
     traffic = plot_dice_against_traffic(cells, tmp_path / "traffic.png").axes[0]
     assert len({to_hex(line.get_color()) for line in traffic.get_lines()}) == 13
+
+
+def test_more_rows_than_a_panel_holds_are_drawn_one_panel_per_row_group_in_each_fold(tmp_path):
+    """The prostate fold's 15 rows in one panel were unreadable: past ROWS_PER_PANEL rows each
+    unseen client gets a row of panels, federated, centralized and each site alone, every curve
+    in its own group's panel only, and one legend beside the first row."""
+    names = ["FedDecoder", "Decoder", "FedDecoder-PT", "FedSAM", "SAM", "FedMSA", "MSA", "FedLoRA", "LoRA",
+             "FedU-Net", "Local-DU"]
+    cells = [_cell(tmp_path, n, unseen, [0.2, 0.3], 2) for unseen in ("FG", "HT") for n in names]
+    fig = plot_unseen_dice(cells, tmp_path / "groups.png")
+    drawn = {ax.get_title(): [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+             for ax in fig.axes}
+    for unseen in ("FG", "HT"):
+        assert drawn[f"unseen: {unseen}, federated"] == ["FedDecoder", "FedDecoder-PT", "FedSAM", "FedMSA", "FedLoRA",
+                                                         "FedU-Net"]
+        assert drawn[f"unseen: {unseen}, centralized"] == ["Decoder", "SAM", "MSA", "LoRA"]
+        assert drawn[f"unseen: {unseen}, each site alone"] == ["Local-DU"]
+    [legend] = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legend is fig.axes[2].get_legend() and len(legend.get_texts()) == len(names) + 1
+    few = plot_unseen_dice(cells[:ROWS_PER_PANEL], tmp_path / "few.png")
+    assert [ax.get_title() for ax in few.axes] == ["unseen: FG"]
 
 
 def test_every_bar_is_labelled_with_its_value_a_zero_too(tmp_path):

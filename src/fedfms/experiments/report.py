@@ -92,9 +92,10 @@ def _write_table_files(header: list[str], rows: list[list[str]], out_dir: Path, 
     return markdown
 
 
-def _round_panels(count: int) -> tuple[Figure, list]:
-    fig = Figure(figsize=(4.2 * count + 1.6, 3.4))
-    return fig, list(fig.subplots(1, count, squeeze=False, sharey=True)[0])
+def _round_panels(count: int, rows: int = 1) -> tuple[Figure, list]:
+    """``rows`` x ``count`` panels sharing the Dice axis, as a flat list, row by row."""
+    fig = Figure(figsize=(4.2 * count + 1.6, 3.4 * rows))
+    return fig, list(fig.subplots(rows, count, squeeze=False, sharey=True).ravel())
 
 
 def _mark_best(ax, rows: list[dict[str, Any]], best_round: int | None, colour: Any) -> None:
@@ -104,10 +105,11 @@ def _mark_best(ax, rows: list[dict[str, Any]], best_round: int | None, colour: A
         ax.plot([best_round], at_best, "*", ms=11, color=colour, markeredgecolor="black", zorder=5)
 
 
-def _save_round_panels(fig: Figure, axes: list, path: Path, order: Sequence[str] = ()) -> Figure:
+def _save_round_panels(fig: Figure, axes: list, path: Path, order: Sequence[str] = (), columns: int = 0) -> Figure:
     """Integer round ticks (only the rounds there are when there are few), one legend for every
-    panel's curves (each label once, in ``order`` where given) beside the last panel where it
-    hides no curve, a star legend entry for the best round."""
+    panel's curves (each label once, in ``order`` where given) beside the last panel of the first
+    row (``columns`` panels a row; all of them in one row by default) where it hides no curve, a
+    star legend entry for the best round."""
     for ax in axes:
         rounds = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
         if len(rounds) <= 5:
@@ -116,12 +118,14 @@ def _save_round_panels(fig: Figure, axes: list, path: Path, order: Sequence[str]
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Dice")
+    columns = columns or len(axes)
+    for ax in axes[::columns]:
+        ax.set_ylabel("Dice")
     curves = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     labels = sorted(curves, key=lambda label: order.index(label) if label in order else len(order))
     star = Line2D([], [], ls="", marker="*", ms=11, color="white", markeredgecolor="black")
-    axes[-1].legend([*(curves[label] for label in labels), star], [*labels, "best round (scored in the table)"],
-                    fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    axes[columns - 1].legend([*(curves[label] for label in labels), star], [*labels, "best round (scored in the table)"],
+                             fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
@@ -382,21 +386,39 @@ def row_colour(index: int, rows: int) -> tuple[float, float, float, float]:
     return palette(index % palette.N)
 
 
+#: Most rows one per-round panel holds; a matrix with more is drawn one panel per row group.
+ROWS_PER_PANEL = 10
+
+
+def row_group(label: str) -> str:
+    """Which of a matrix's three kinds of row ``label`` is: federated, centralized (pooled data)
+    or one site alone."""
+    if local_site(label) is not None:
+        return "each site alone"
+    return "federated" if label.startswith("Fed") else "centralized"
+
+
 def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     """One panel per unseen client: its Dice per round under each model (a model keeps its
-    colour in every panel), the best round starred."""
+    colour in every panel), the best round starred, the panels side by side. A matrix of more
+    than ``ROWS_PER_PANEL`` rows gets a row of panels per unseen client instead, one panel per row
+    group (federated, centralized, each site alone), so no panel is crowded."""
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
     order = row_order([c["name"] for c in cells])
-    fig, axes = _round_panels(len(clients))
-    for ax, client in zip(axes, clients):
-        for cell in sorted((c for c in cells if c["unseen"] == client), key=lambda c: order.index(c["name"])):
+    groups = list(dict.fromkeys(row_group(name) for name in order)) if len(order) > ROWS_PER_PANEL else [None]
+    columns, rows = (len(groups), len(clients)) if len(groups) > 1 else (len(clients), 1)
+    fig, axes = _round_panels(columns, rows)
+    panels = [(client, group) for client in clients for group in groups]
+    for ax, (client, group) in zip(axes, panels):
+        mine = [c for c in cells if c["unseen"] == client and group in (None, row_group(c["name"]))]
+        for cell in sorted(mine, key=lambda c: order.index(c["name"])):
             rows = [r for r in read_rows(Path(cell["run_dir"])) if r["kind"] == "eval" and r["client"] == client]
             colour = row_colour(order.index(cell["name"]), len(order))
             ax.plot([r["round"] for r in rows], [r["dice"] for r in rows], marker="o", ms=2, color=colour,
                     label=cell["name"])
             _mark_best(ax, rows, cell["best_round"], colour)
-        ax.set_title(f"unseen: {client}")
-    return _save_round_panels(fig, axes, path, order)
+        ax.set_title(f"unseen: {client}" + (f", {group}" if group else ""))
+    return _save_round_panels(fig, axes, path, order, columns)
 
 
 #: The share of a row's reported unseen Dice whose first reaching is timed.
