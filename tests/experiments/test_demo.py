@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from fedfms.experiments.demo import demo_rows, demo_settings, run_demo
+from fedfms.models.litemedsam import LiteMedSamSegmenter
 
 
 def test_demo_rows_compare_pretrained_with_random_init_and_tiny_falls_back_to_random_rows():
@@ -16,7 +17,7 @@ def test_demo_rows_compare_pretrained_with_random_init_and_tiny_falls_back_to_ra
 
 
 @pytest.mark.slow
-def test_demo_writes_table_results_report_and_plots(tmp_path):
+def test_demo_writes_table_results_report_and_plots(tmp_path, monkeypatch):
     settings = demo_settings(rounds=1, clients=3, samples_per_client=(2, 2, 2))
     run_demo(tmp_path, settings=settings)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -35,5 +36,12 @@ def test_demo_writes_table_results_report_and_plots(tmp_path):
     assert "![Dice per round](dice_per_round.png)" in report and "random init" in report
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2 * 6  # pretrained and random encoders
     first = (tmp_path / "runs" / "FedDecoder" / "site-C" / "results.json").stat().st_mtime
-    run_demo(tmp_path, settings=settings)  # finished runs are reused, not retrained
+    overlays = (tmp_path / "overlays.png").read_bytes()
+
+    def no_encoder(self, images):
+        raise AssertionError("the image encoder ran again")
+
+    monkeypatch.setattr(LiteMedSamSegmenter, "embed", no_encoder)
+    run_demo(tmp_path, settings=settings)  # finished runs reused, the report drawn from the cached embeddings
     assert (tmp_path / "runs" / "FedDecoder" / "site-C" / "results.json").stat().st_mtime == first
+    assert (tmp_path / "overlays.png").read_bytes() == overlays

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfms.config import ExperimentConfig
+from fedfms.config import ExperimentConfig, load_config
 from fedfms.data import ClientDataset, find_clients, make_synthetic_federation
 from fedfms.errors import FedfmsError
 from fedfms.experiments.matrix import run_matrix
@@ -28,7 +28,9 @@ from fedfms.models import load_checkpoint
 from fedfms.run.best import BEST_MODEL
 from fedfms.run.log import write_json
 from fedfms.run.mlflow_tracking import attach_artifacts
-from fedfms.train.sites import check_unseen
+from fedfms.train.device import resolve_device
+from fedfms.train.sites import check_unseen, model_inputs
+from fedfms.train.step import predict_batch
 
 logger = logging.getLogger("fedfms")
 
@@ -115,19 +117,24 @@ def demo_experiment(out: Path, data_root: Path, unseen: str, settings: DemoSetti
 
 def _unseen_predictions(run_dirs: dict[str, Path], unseen_dir: Path, count: int = 3) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """``count`` samples of the unseen client spread over its data: images (N, S, S, 3),
-    truths (N, C, M, M) and each run's best-model prediction (N, C, M, M) at sigmoid > 0.5."""
+    truths (N, C, M, M) and each run's best-model prediction (N, C, M, M) at sigmoid > 0.5, from
+    the image embeddings its run cached where its encoder is frozen (as its scores were)."""
     predictions, images, truths = {}, None, None
     for label, run_dir in run_dirs.items():
         model, cfg = load_checkpoint(run_dir / BEST_MODEL)
-        model.eval()
-        dataset = ClientDataset(unseen_dir, image_size=cfg.image_size, mask_size=cfg.mask_size)
-        picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
-        batch = [dataset[int(i)] for i in picks]
-        stacked = torch.stack([item["image"] for item in batch])
+        config = load_config(run_dir / "config.yaml")
+        device = resolve_device(config.train.device, "train.device")
+        size = len(ClientDataset(unseen_dir))
+        picks = np.linspace(0, size - 1, num=min(count, size)).astype(int).tolist()
+        dataset = ClientDataset(unseen_dir, picks, image_size=cfg.image_size, mask_size=cfg.mask_size)
+        inputs = model_inputs(dataset, model.to(device).eval(), config, cfg)
+        items = [inputs[i] for i in range(len(picks))]
+        batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "embedding", "mask")
+                 if key in items[0]}
         with torch.no_grad():
-            predictions[label] = (model(stacked) > 0).float().numpy()
-        images = stacked.permute(0, 2, 3, 1).numpy()
-        truths = torch.stack([item["mask"] for item in batch]).numpy()
+            predictions[label] = (predict_batch(model, batch, device) > 0).float().cpu().numpy()
+        images = torch.stack([dataset.load_image(i) for i in range(len(picks))]).permute(0, 2, 3, 1).numpy()
+        truths = batch["mask"].numpy()
     return images, truths, predictions
 
 

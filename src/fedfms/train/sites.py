@@ -59,13 +59,20 @@ def site_inputs(site: Site, part: str, model: nn.Module, config: RunConfig,
     ``decoder`` mode (frozen encoder) their image embeddings, computed once into
     ``train.embedding_cache`` (see :mod:`fedfms.train.embeddings`)."""
     model_cfg = model_cfg or config.model
-    images = site.dataset(part, model_cfg)
+    return model_inputs(site.dataset(part, model_cfg), model, config, model_cfg, f"{site.name} {part} embeddings")
+
+
+def model_inputs(images: ClientDataset, model: nn.Module, config: RunConfig, model_cfg: ModelConfig,
+                 desc: str = "embeddings") -> Dataset:
+    """``images`` as ``model`` (built from ``model_cfg``) takes them: themselves, or in
+    ``decoder`` mode their image embeddings, read from ``train.embedding_cache`` (computed
+    there first where missing, under a progress bar named ``desc``)."""
     if model_cfg.arch != "sam" or model_cfg.mode != "decoder":
         return images
     device = resolve_device(config.train.device, "train.device")
     root = config.train.embedding_cache or default_cache_root()
     return cached_embeddings(images, model, root, device, resolve_precision(config.train.precision, device),
-                             desc=f"{site.name} {part} embeddings")
+                             desc=desc)
 
 
 def ordered_clients(data: DataConfig) -> list[Path]:
