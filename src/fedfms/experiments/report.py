@@ -406,8 +406,8 @@ def plot_unseen_dice(cells: Sequence[dict[str, Any]], path: Path) -> Figure:
     clients = list(dict.fromkeys(c["unseen"] for c in cells))
     order = row_order([c["name"] for c in cells])
     groups = list(dict.fromkeys(row_group(name) for name in order)) if len(order) > ROWS_PER_PANEL else [None]
-    columns, rows = (len(groups), len(clients)) if len(groups) > 1 else (len(clients), 1)
-    fig, axes = _round_panels(columns, rows)
+    columns, panel_rows = (len(groups), len(clients)) if len(groups) > 1 else (len(clients), 1)
+    fig, axes = _round_panels(columns, panel_rows)
     panels = [(client, group) for client in clients for group in groups]
     for ax, (client, group) in zip(axes, panels):
         mine = [c for c in cells if c["unseen"] == client and group in (None, row_group(c["name"]))]
